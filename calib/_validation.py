@@ -1,0 +1,180 @@
+"""Input checks shared by every public entry point.
+
+Every check raises ``ValueError`` or ``TypeError`` with one template: the argument's name, what was
+expected, and what came. Nothing here imports torch: tensors are recognised by duck typing and converted
+with ``.detach().cpu().numpy()``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "as_array",
+    "check_logits",
+    "check_probs",
+    "check_labels",
+    "check_logits_labels",
+    "check_probs_labels",
+    "check_fraction",
+    "check_positive_int",
+    "check_choice",
+]
+
+
+def as_array(x, name):
+    """Return ``x`` as a numpy array; torch tensors (any device) are copied to host memory."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    if isinstance(x, (list, tuple)) or np.isscalar(x) or isinstance(x, np.generic):
+        return np.asarray(x)
+    if hasattr(x, "__array__"):
+        return np.asarray(x)
+    raise TypeError(f"Expected {name} as a numpy array or torch tensor, got {type(x).__name__}.")
+
+
+def _all_finite(x):
+    # One cheap float64 reduction instead of an (n, k) boolean temporary; the sum of finite float32 or
+    # float64 values in float64 cannot overflow for any array that fits in memory unless values are near
+    # float64's own limit, in which case the exact check below decides.
+    total = np.add.reduce(x, axis=None, dtype=np.float64)
+    return bool(np.isfinite(total)) or bool(np.isfinite(x).all())
+
+
+def check_logits(logits, name="logits", *, n_classes=None):
+    """Validate a 2-D float array of shape (n_samples, n_classes) with k >= 2 and finite entries.
+
+    float32 and float64 inputs keep their dtype; integer or float16 inputs are promoted to float32.
+    """
+    x = as_array(logits, name)
+    if x.ndim != 2:
+        raise ValueError(f"Expected {name} of shape (n_samples, n_classes), got an array of shape {x.shape}.")
+    if x.shape[1] < 2:
+        raise ValueError(f"Expected {name} with at least 2 classes (columns), got shape {x.shape}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"Expected {name} with at least one row, got shape {x.shape}.")
+    if n_classes is not None and x.shape[1] != n_classes:
+        raise ValueError(
+            f"Expected {name} with {n_classes} classes (as at fit), got {x.shape[1]} columns."
+        )
+    if x.dtype.kind == "b" or x.dtype.kind not in "fiu":
+        raise TypeError(f"Expected {name} with a real floating dtype, got dtype {x.dtype}.")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    if not _all_finite(x):
+        bad = ~np.isfinite(x)
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(
+            f"Expected finite {name}, got {int(bad.sum())} NaN/inf entries (first rows: {rows[:5].tolist()})."
+        )
+    return x
+
+
+def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4):
+    """Validate probabilities: shape (n, k), entries in [0, 1], rows summing to 1 within ``atol``."""
+    p = check_logits(probs, name, n_classes=n_classes)
+    lo = p.min()
+    hi = p.max()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"Expected {name} in [0, 1], got values in [{lo:.6g}, {hi:.6g}].")
+    row_sums = np.add.reduce(p, axis=1, dtype=np.float64)
+    err = np.abs(row_sums - 1.0)
+    if err.max() > atol:
+        i = int(err.argmax())
+        raise ValueError(
+            f"Expected rows of {name} summing to 1 (tolerance {atol}), got row {i} summing to "
+            f"{row_sums[i]:.6g}; pass logits to a calibrator, or renormalise the rows first."
+        )
+    return p
+
+
+def check_labels(labels, name="labels", *, n_samples=None, n_classes=None):
+    """Validate integer class labels of shape (n,) in [0, n_classes); integral floats are accepted."""
+    y = as_array(labels, name)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"Expected {name} of shape (n_samples,), got an array of shape {y.shape}.")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(
+            f"Expected {name} of length {n_samples} (one per row of logits), got length {y.shape[0]}."
+        )
+    if y.dtype.kind == "b" or y.dtype.kind not in "fiu":
+        raise TypeError(f"Expected integer class {name}, got dtype {y.dtype}.")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise ValueError(f"Expected integer class {name}, got NaN or inf.")
+        frac = y != np.round(y)
+        if frac.any():
+            raise ValueError(
+                f"Expected integer class {name}, got {int(frac.sum())} values with a fractional part "
+                f"(e.g. {y[frac][0]!r})."
+            )
+    y = y.astype(np.int64, copy=False)
+    if y.size:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0:
+            raise ValueError(f"Expected {name} >= 0, got minimum {lo}.")
+        if n_classes is not None and hi >= n_classes:
+            raise ValueError(
+                f"Expected {name} in [0, {n_classes - 1}] for {n_classes} classes, got maximum {hi}."
+            )
+    return y
+
+
+def check_logits_labels(logits, labels, *, n_classes=None, warn_missing=True):
+    """Validate a (logits, labels) pair; warn when some class never occurs in ``labels``."""
+    x = check_logits(logits, "logits", n_classes=n_classes)
+    y = check_labels(labels, "labels", n_samples=x.shape[0], n_classes=x.shape[1])
+    if warn_missing:
+        _warn_missing_classes(y, x.shape[1])
+    return x, y
+
+
+def check_probs_labels(probs, labels, *, n_classes=None):
+    p = check_probs(probs, "probs", n_classes=n_classes)
+    y = check_labels(labels, "labels", n_samples=p.shape[0], n_classes=p.shape[1])
+    return p, y
+
+
+def _warn_missing_classes(y, k):
+    counts = np.bincount(y, minlength=k)
+    missing = np.flatnonzero(counts == 0)
+    if missing.size:
+        warnings.warn(
+            f"{missing.size} of {k} classes never occur in labels (e.g. {missing[:10].tolist()}); "
+            "the fit cannot learn anything class-specific for them.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def check_fraction(value, name, *, inclusive=False):
+    """A real number in (0, 1) (or [0, 1] with ``inclusive``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected {name} as a real number, got {type(value).__name__} {value!r}.")
+    v = float(value)
+    ok = (0.0 <= v <= 1.0) if inclusive else (0.0 < v < 1.0)
+    if not ok:
+        interval = "[0, 1]" if inclusive else "(0, 1)"
+        raise ValueError(f"Expected {name} in {interval}, got {value!r}.")
+    return v
+
+
+def check_positive_int(value, name, *, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {name} as an integer >= {minimum}, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"Expected {name} >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_choice(value, name, options):
+    if value not in options:
+        raise ValueError(f"Unknown {name} {value!r}; valid options: {sorted(options)}.")
+    return value

@@ -1,0 +1,63 @@
+"""Datasets by name: the embedded real logits set and a synthetic generator with a known temperature.
+
+Embedded: ``c10lt_resnet110`` — held-out logits of a ResNet-110 trained on long-tailed CIFAR-10 by
+Jung et al. (ICML 2023, "Scaling of Class-wise Training Losses for Post-hoc Calibration",
+github.com/SeungjinJung/SCTL, MIT License). 10,216 long-tailed validation rows (``split == 0``) and the
+10,000 balanced CIFAR-10 test rows (``split == 1``): a real label-shift case. Attribution and license
+text: ``calib/data/README.md``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+from calib._validation import check_positive_int
+from calib.io import LogitsData, load_logits
+
+__all__ = ["BUILTIN", "load", "synthetic", "builtin_path"]
+
+#: name -> file inside ``calib/data``.
+BUILTIN = {"c10lt_resnet110": "c10lt_resnet110.npz"}
+
+
+def builtin_path(name):
+    """Path of an embedded dataset file."""
+    if name not in BUILTIN:
+        raise ValueError(f"Unknown builtin dataset {name!r}; valid options: {sorted(BUILTIN)}.")
+    return resources.files("calib") / "data" / BUILTIN[name]
+
+
+def load(name="c10lt_resnet110") -> LogitsData:
+    """Load an embedded dataset by name.
+
+    >>> data = load("c10lt_resnet110")
+    >>> data.logits.shape, int((data.split == 0).sum())
+    ((20216, 10), 10216)
+    """
+    with resources.as_file(builtin_path(name)) as path:
+        return load_logits(path)
+
+
+def synthetic(*, n=20000, n_classes=10, temperature=2.0, scale=2.0, cal_fraction=0.5, seed=0) -> LogitsData:
+    """Logits of a model that is miscalibrated by exactly ``temperature``.
+
+    True logits ``z ~ N(0, scale^2)`` per entry, labels ``y ~ Categorical(softmax(z))``, observed
+    logits ``temperature * z``: temperature scaling recovers ``temperature`` as n grows (T > 1 means
+    over-confident). ``split`` puts the first ``round(cal_fraction * n)`` rows in calibration.
+
+    >>> d = synthetic(n=4, n_classes=3, seed=1)
+    >>> d.logits.shape, d.logits.dtype.name, d.split.tolist()
+    ((4, 3), 'float32', [0, 0, 1, 1])
+    """
+    n = check_positive_int(n, "n", minimum=2)
+    k = check_positive_int(n_classes, "n_classes", minimum=2)
+    if not (temperature > 0 and scale > 0):
+        raise ValueError(f"Expected temperature > 0 and scale > 0, got {temperature!r} and {scale!r}.")
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, scale, size=(n, k))
+    # Gumbel-max draws y ~ softmax(z) exactly.
+    labels = np.argmax(z + rng.gumbel(size=(n, k)), axis=1)
+    split = (np.arange(n) >= round(cal_fraction * n)).astype(np.int8)
+    return LogitsData(logits=(temperature * z).astype(np.float32), labels=labels, split=split)

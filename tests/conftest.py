@@ -1,0 +1,39 @@
+"""Shared fixtures: real logits from ../shared/data (skipped with a reason when absent) and synthetic logits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib.datasets import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CALIB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_npz(relpath):
+    """Path of a file in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / relpath
+    if not path.is_file():
+        pytest.skip(f"real logits {relpath} not available: {SHARED_DATA} is absent (set CALIB_SHARED_DATA)")
+    return path
+
+
+def load_shared(relpath):
+    from calib import load_logits
+
+    return load_logits(shared_npz(relpath))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data():
+    """20,000 x 10 synthetic logits with true temperature 2.0 (first half calibration)."""
+    return synthetic(n=20000, n_classes=10, temperature=2.0, seed=0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
