@@ -1,0 +1,114 @@
+"""One experiment's pipeline: calibrator -> (conformal predictor) -> (routing policy), fitted on the
+calibration part, judged on the test part, written as metrics.json + plots + one artifact folder.
+
+This is what ``experiments/calibrate.py`` runs; keeping it here (not in the script) lets notebooks and
+tests run the same thing without Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from calib import metrics as _metrics
+from calib.artifacts import data_fingerprint
+from calib.calibrators.base import softmax
+from calib.io import LogitsData
+
+__all__ = ["PipelineResult", "fit_and_evaluate", "METRIC_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: Keys of the "uncalibrated" / "calibrated" blocks of metrics.json.
+METRIC_KEYS = ("accuracy", "nll", "brier", "ece", "classwise_ece", "ece_mass", "mce")
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """Fitted components, the metrics dict (the content of metrics.json) and test-split probabilities."""
+
+    metrics: dict
+    calibrator: object
+    conformal: object | None
+    policy: object | None
+    test_labels: np.ndarray
+    probs_before: np.ndarray
+    probs_after: np.ndarray
+    class_names: tuple | None = None
+    n_bins: int = 15
+    figures: dict = dataclasses.field(default_factory=dict)  # file name -> matplotlib Figure
+
+    def write(self, out_dir, *, config_yaml=None):
+        """Write metrics.json, reliability.png, any stage figures and artifact/ into ``out_dir``."""
+        from calib import artifacts, plots
+        from calib._atomic import write_json_atomic
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig = plots.plot_reliability_comparison([
+            ("uncalibrated", plots.prepare_reliability(self.probs_before, self.test_labels, n_bins=self.n_bins)),
+            (self.calibrator.kind, plots.prepare_reliability(self.probs_after, self.test_labels, n_bins=self.n_bins)),
+        ])
+        plots.save_figure(fig, out_dir / "reliability.png")
+        for name, figure in self.figures.items():
+            plots.save_figure(figure, out_dir / name)
+        artifacts.save_artifact(
+            self.calibrator, out_dir / "artifact", conformal=self.conformal, policy=self.policy,
+            metrics=self.metrics, data_fingerprint=self.metrics["data_fingerprint"],
+            class_names=self.class_names, config_yaml=config_yaml, overwrite=True,
+        )
+        write_json_atomic(out_dir / "metrics.json", self.metrics)
+        return out_dir
+
+
+def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal=None, policy=None,
+                     n_bins=15) -> PipelineResult:
+    """Fit ``calibrator`` (then ``conformal`` and ``policy`` when given) on ``cal``; evaluate on ``test``.
+
+    Nothing is written: call :meth:`PipelineResult.write`. All inputs are validated before any fitting.
+    """
+    if cal.n_classes != test.n_classes:
+        raise ValueError(f"Expected the same number of classes in cal and test, got {cal.n_classes} and {test.n_classes}.")
+    log.info("Fitting %s on %d calibration rows", calibrator, cal.n_samples)
+    calibrator.fit(cal.logits, cal.labels)
+    probs_before = softmax(test.logits)
+    probs_after = calibrator.predict_proba(test.logits)
+    before = _metrics.summary(probs_before, test.labels, n_bins=n_bins)
+    after = _metrics.summary(probs_after, test.labels, n_bins=n_bins)
+    state, _ = calibrator.get_state()
+    result = {
+        "n_cal": cal.n_samples,
+        "n_test": test.n_samples,
+        "n_classes": cal.n_classes,
+        "calibrator": {"kind": calibrator.kind, **{k: v for k, v in state.items() if k != "n_classes"}},
+        "uncalibrated": {k: before[k] for k in METRIC_KEYS},
+        "calibrated": {k: after[k] for k in METRIC_KEYS},
+        "data_fingerprint": data_fingerprint(cal.logits, cal.labels),
+    }
+    log.info("Test ECE %.4f -> %.4f, NLL %.4f -> %.4f", before["ece"], after["ece"], before["nll"], after["nll"])
+    figures = {}
+    cal_probs = None
+    if conformal is not None or policy is not None:
+        cal_probs = calibrator.predict_proba(cal.logits)
+    if conformal is not None:
+        from calib.conformal.report import conformal_stage
+
+        log.info("Conformal stage: %s", conformal)
+        section, figs = conformal_stage(conformal, cal_probs, cal.labels, probs_after, test.labels,
+                                        cal_groups=cal.groups, test_groups=test.groups)
+        result["conformal"] = section
+        figures.update(figs)
+    if policy is not None:
+        from calib.policy.report import policy_stage
+
+        log.info("Policy stage: %s", policy)
+        sections, figs = policy_stage(policy, cal_probs, cal.labels, probs_after, test.labels,
+                                      conformal=conformal, cal_extras=cal.extras, test_extras=test.extras,
+                                      cal_groups=cal.groups, test_groups=test.groups)
+        result.update(sections)
+        figures.update(figs)
+    return PipelineResult(result, calibrator, conformal, policy, test.labels, probs_before, probs_after,
+                          class_names=cal.class_names, n_bins=n_bins, figures=figures)
