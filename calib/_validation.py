@@ -75,22 +75,46 @@ def check_logits(logits, name="logits", *, n_classes=None):
     return x
 
 
-def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4):
-    """Validate probabilities: shape (n, k), entries in [0, 1], rows summing to 1 within ``atol``."""
-    p = check_logits(probs, name, n_classes=n_classes)
-    lo = p.min()
-    hi = p.max()
-    if lo < 0 or hi > 1:
-        raise ValueError(f"Expected {name} in [0, 1], got values in [{lo:.6g}, {hi:.6g}].")
-    row_sums = np.add.reduce(p, axis=1, dtype=np.float64)
-    err = np.abs(row_sums - 1.0)
-    if err.max() > atol:
+def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax=False):
+    """Validate probabilities: shape (n, k), finite, entries >= 0, rows summing to 1 within ``atol``.
+
+    One chunked pass computes the row sums, the minimum and (with ``return_argmax``) each row's argmax,
+    so validating costs about one read of the array. Returns ``p`` or ``(p, argmax)``.
+    """
+    p = as_array(probs, name)
+    if p.ndim != 2 or p.shape[1] < 2 or p.shape[0] == 0:
+        p = check_logits(p, name, n_classes=n_classes)  # raises the shape error
+    if n_classes is not None and p.shape[1] != n_classes:
+        raise ValueError(f"Expected {name} with {n_classes} classes (as at fit), got {p.shape[1]} columns.")
+    if p.dtype.kind not in "fiu" or p.dtype.kind == "b":
+        raise TypeError(f"Expected {name} with a real floating dtype, got dtype {p.dtype}.")
+    if p.dtype not in (np.float32, np.float64):
+        p = p.astype(np.float32)
+    n, k = p.shape
+    rows = max(16, (1 << 20) // (p.itemsize * k))
+    row_sums = np.empty(n, dtype=p.dtype)
+    argmax = np.empty(n, dtype=np.int64) if return_argmax else None
+    lo = np.inf
+    for start in range(0, n, rows):
+        block = p[start:start + rows]
+        np.einsum("ij->i", block, out=row_sums[start:start + rows])  # SIMD, single-threaded
+        lo = np.minimum(lo, block.min())
+        if return_argmax:
+            argmax[start:start + rows] = block.argmax(axis=1)
+    if not np.isfinite(row_sums).all():
+        bad = np.flatnonzero(~np.isfinite(row_sums))
+        raise ValueError(f"Expected finite {name}, got NaN/inf entries (first rows: {bad[:5].tolist()}).")
+    if lo < 0:
+        raise ValueError(f"Expected {name} in [0, 1], got a minimum of {float(lo):.6g}.")
+    err = np.abs(row_sums.astype(np.float64) - 1.0)
+    # Rows of float32 probabilities carry up to ~k rounding errors of their own.
+    if err.max() > atol + k * float(np.finfo(p.dtype).eps):
         i = int(err.argmax())
         raise ValueError(
             f"Expected rows of {name} summing to 1 (tolerance {atol}), got row {i} summing to "
             f"{row_sums[i]:.6g}; pass logits to a calibrator, or renormalise the rows first."
         )
-    return p
+    return (p, argmax) if return_argmax else p
 
 
 def check_labels(labels, name="labels", *, n_samples=None, n_classes=None):
@@ -136,10 +160,12 @@ def check_logits_labels(logits, labels, *, n_classes=None, warn_missing=True):
     return x, y
 
 
-def check_probs_labels(probs, labels, *, n_classes=None):
-    p = check_probs(probs, "probs", n_classes=n_classes)
+def check_probs_labels(probs, labels, *, n_classes=None, return_argmax=False):
+    """Validate a (probs, labels) pair; with ``return_argmax`` also return each row's argmax."""
+    out = check_probs(probs, "probs", n_classes=n_classes, return_argmax=return_argmax)
+    p = out[0] if return_argmax else out
     y = check_labels(labels, "labels", n_samples=p.shape[0], n_classes=p.shape[1])
-    return p, y
+    return (p, y, out[1]) if return_argmax else (p, y)
 
 
 def _warn_missing_classes(y, k):
@@ -150,7 +176,7 @@ def _warn_missing_classes(y, k):
             f"{missing.size} of {k} classes never occur in labels (e.g. {missing[:10].tolist()}); "
             "the fit cannot learn anything class-specific for them.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # _warn_missing_classes <- check_logits_labels <- fit <- caller
         )
 
 

@@ -4,8 +4,10 @@ the pipeline) as JSON and ``.npz``.
 Layout of ``artifact/``::
 
     manifest.json   format, schema_version, calib_version, created_utc, n_classes, class_names,
-                    components {"calibrator": {"kind", "params", "state", "arrays": [...]}},
-                    data_fingerprint, metrics, files {name: sha256}
+                    components {"calibrator": {"kind", "params", "state", "arrays": [...]},
+                                "conformal": {...}, "policy": {...}},
+                    data_fingerprint, metrics, files {name: sha256},
+                    manifest_sha256 (digest of the rest of the manifest)
     arrays.npz      every component's arrays, keyed "<component>.<name>" (read with allow_pickle=False)
     config.yaml     optional provenance (never instantiated on load)
 
@@ -170,6 +172,7 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
             (tmp / "config.yaml").write_text(config_yaml)
             files.append("config.yaml")
         manifest["files"] = {name: _sha256_file(tmp / name) for name in files}
+        manifest["manifest_sha256"] = _manifest_digest(manifest)
         with open(tmp / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=2, sort_keys=True)
             fh.write("\n")
@@ -199,6 +202,12 @@ def _write_npz(path, arrays):
             zf.writestr(info, buf.getvalue())
 
 
+def _manifest_digest(manifest):
+    """sha256 of the manifest's canonical JSON without its own digest (detects edits of params/state)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
 def read_manifest(path):
     """Read and check ``manifest.json`` and the sha256 of every file it lists; return the manifest."""
     path = Path(path)
@@ -217,6 +226,11 @@ def read_manifest(path):
     if version != SCHEMA_VERSION:
         raise ArtifactError(
             f"Unsupported artifact schema_version {version!r} in {str(mpath)!r}; this calib reads: [{SCHEMA_VERSION}]."
+        )
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise ArtifactError(
+            f"Checksum mismatch for {MANIFEST} in {str(path)!r}: its content does not match its manifest_sha256 "
+            "(the manifest was corrupted or modified)."
         )
     files = manifest.get("files")
     if not isinstance(files, dict) or ARRAYS not in files:

@@ -48,8 +48,8 @@ def accuracy(probs, labels):
     >>> accuracy(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))
     0.5
     """
-    p, y = check_probs_labels(probs, labels)
-    return float(np.mean(p.argmax(axis=1) == y))
+    _, y, pred = check_probs_labels(probs, labels, return_argmax=True)
+    return float(np.mean(pred == y))
 
 
 def negative_log_likelihood(probs, labels):
@@ -58,7 +58,10 @@ def negative_log_likelihood(probs, labels):
     >>> round(negative_log_likelihood(np.array([[0.5, 0.5], [0.25, 0.75]]), np.array([0, 1])), 6)
     0.490415
     """
-    p, y = check_probs_labels(probs, labels)
+    return _nll(*check_probs_labels(probs, labels))
+
+
+def _nll(p, y):
     py = np.take_along_axis(p, y[:, None], axis=1)[:, 0].astype(np.float64)
     return float(-np.mean(np.log(np.maximum(py, _NLL_CLIP))))
 
@@ -69,7 +72,10 @@ def brier_score(probs, labels):
     >>> brier_score(np.array([[1.0, 0.0], [0.5, 0.5]]), np.array([0, 0]))
     0.25
     """
-    p, y = check_probs_labels(probs, labels)
+    return _brier(*check_probs_labels(probs, labels))
+
+
+def _brier(p, y):
     n, k = p.shape
     starts, step = _chunks(n, k)
     total = 0.0
@@ -119,8 +125,11 @@ def calibration_bins(confidence, correct, *, n_bins=15, binning="width"):
 
 
 def _top_label(probs, labels):
-    p, y = check_probs_labels(probs, labels)
-    pred = p.argmax(axis=1)
+    p, y, pred = check_probs_labels(probs, labels, return_argmax=True)
+    return _top_from(p, y, pred)
+
+
+def _top_from(p, y, pred):
     conf = np.take_along_axis(p, pred[:, None], axis=1)[:, 0]
     return conf, pred == y
 
@@ -140,6 +149,10 @@ def expected_calibration_error(probs, labels, *, n_bins=15, binning="width"):
     0.25
     """
     conf, hit = _top_label(probs, labels)
+    return _ece(conf, hit, n_bins, binning)
+
+
+def _ece(conf, hit, n_bins, binning):
     count, mean_conf, acc = calibration_bins(conf, hit, n_bins=n_bins, binning=binning)
     filled = count > 0
     return float(np.sum(np.abs(acc[filled] - mean_conf[filled]) * count[filled]) / conf.shape[0])
@@ -152,6 +165,10 @@ def maximum_calibration_error(probs, labels, *, n_bins=15, binning="width"):
     0.25
     """
     conf, hit = _top_label(probs, labels)
+    return _mce(conf, hit, n_bins, binning)
+
+
+def _mce(conf, hit, n_bins, binning):
     count, mean_conf, acc = calibration_bins(conf, hit, n_bins=n_bins, binning=binning)
     filled = count > 0
     return float(np.max(np.abs(acc[filled] - mean_conf[filled])))
@@ -169,7 +186,10 @@ def classwise_ece(probs, labels, *, n_bins=15, binning="width", reduction="mean"
     n_bins = check_positive_int(n_bins, "n_bins")
     check_choice(binning, "binning", BINNINGS)
     check_choice(reduction, "reduction", ("mean", "sum"))
-    p, y = check_probs_labels(probs, labels)
+    return _classwise(*check_probs_labels(probs, labels), n_bins, binning, reduction)
+
+
+def _classwise(p, y, n_bins, binning, reduction):
     n, k = p.shape
     if binning == "mass":
         per_class = np.array([
@@ -202,13 +222,15 @@ def expected_calibration_error_binary(prob_positive, is_positive, *, n_bins=15, 
 
 def summary(probs, labels, *, n_bins=15):
     """The standard metric dict: accuracy, nll, brier, ece, ece_mass, mce, classwise_ece."""
-    p, y = check_probs_labels(probs, labels)
+    n_bins = check_positive_int(n_bins, "n_bins")
+    p, y, pred = check_probs_labels(probs, labels, return_argmax=True)  # validated once for all metrics
+    conf, hit = _top_from(p, y, pred)
     return {
-        "accuracy": accuracy(p, y),
-        "nll": negative_log_likelihood(p, y),
-        "brier": brier_score(p, y),
-        "ece": expected_calibration_error(p, y, n_bins=n_bins),
-        "ece_mass": expected_calibration_error(p, y, n_bins=n_bins, binning="mass"),
-        "mce": maximum_calibration_error(p, y, n_bins=n_bins),
-        "classwise_ece": classwise_ece(p, y, n_bins=n_bins),
+        "accuracy": float(np.mean(hit)),
+        "nll": _nll(p, y),
+        "brier": _brier(p, y),
+        "ece": _ece(conf, hit, n_bins, "width"),
+        "ece_mass": _ece(conf, hit, n_bins, "mass"),
+        "mce": _mce(conf, hit, n_bins, "width"),
+        "classwise_ece": _classwise(p, y, n_bins, "width", "mean"),
     }

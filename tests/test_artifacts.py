@@ -1,0 +1,147 @@
+"""Artifact v1: exact round trip, integrity checks, atomic writes, no pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from calib import artifacts
+from calib.artifacts import ArtifactError, load_artifact, read_manifest, save_artifact
+from calib.calibrators import IdentityCalibrator, NotFittedError, TemperatureScaling
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_data):
+    return TemperatureScaling().fit(synthetic_data.logits, synthetic_data.labels)
+
+
+def test_round_trip_is_exact(tmp_path, fitted, synthetic_data):
+    fp = artifacts.data_fingerprint(synthetic_data.logits, synthetic_data.labels)
+    path = save_artifact(fitted, tmp_path / "art", metrics={"nll": 0.5}, data_fingerprint=fp,
+                         class_names=[f"c{i}" for i in range(10)], config_yaml="seed: 0\n")
+    loaded = load_artifact(path)
+    assert type(loaded) is TemperatureScaling
+    assert loaded.temperature_ == fitted.temperature_  # bit-for-bit, through JSON
+    assert loaded.get_params() == fitted.get_params()
+    x = synthetic_data.logits
+    assert np.array_equal(loaded.predict_proba(x), fitted.predict_proba(x))
+    m = read_manifest(path)
+    assert m["format"] == "calib.artifact" and m["schema_version"] == 1
+    assert m["components"]["calibrator"]["kind"] == "temperature"
+    assert m["components"]["calibrator"]["state"]["temperature"] == fitted.temperature_
+    assert m["n_classes"] == 10 and m["class_names"][3] == "c3"
+    assert m["data_fingerprint"] == fp and m["metrics"] == {"nll": 0.5}
+    assert set(m["files"]) == {"arrays.npz", "config.yaml"}
+    assert m["calib_version"] and m["created_utc"]
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:  # plain arrays only
+        assert npz.files == []
+
+
+def test_identity_round_trip(tmp_path, synthetic_data):
+    ident = IdentityCalibrator().fit(synthetic_data.logits, synthetic_data.labels)
+    loaded = load_artifact(save_artifact(ident, tmp_path / "id"))
+    assert np.array_equal(loaded.predict_proba(synthetic_data.logits), ident.predict_proba(synthetic_data.logits))
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path, fitted):
+    path = save_artifact(fitted, tmp_path / "art")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_artifact(fitted, path)
+    with pytest.warns(UserWarning, match="never occur"):
+        ident = IdentityCalibrator().fit(np.zeros((2, 10)), [0, 1])
+    save_artifact(ident, path, overwrite=True)
+    assert type(load_artifact(path)) is IdentityCalibrator
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no temp folders left behind
+
+
+def test_failed_write_leaves_nothing(tmp_path, fitted, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifacts, "_write_npz", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_artifact(fitted, tmp_path / "art")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unfitted_or_unregistered_is_refused(tmp_path):
+    with pytest.raises(NotFittedError):
+        save_artifact(TemperatureScaling(), tmp_path / "a")
+
+    class Rogue(TemperatureScaling):
+        pass
+
+    with pytest.raises(TypeError, match="registered in calib.calibrators.REGISTRY"):
+        save_artifact(Rogue(), tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _edit_manifest(path, fn, *, rehash=True):
+    m = json.loads((path / "manifest.json").read_text())
+    fn(m)
+    if rehash:
+        m["manifest_sha256"] = artifacts._manifest_digest(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_tampered_arrays_are_detected(tmp_path, fitted):
+    path = save_artifact(fitted, tmp_path / "art")
+    with open(path / "arrays.npz", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ArtifactError, match="Checksum mismatch for 'arrays.npz'"):
+        load_artifact(path)
+
+
+def test_tampered_manifest_is_detected(tmp_path, fitted):
+    path = save_artifact(fitted, tmp_path / "art")
+    _edit_manifest(path, lambda m: m["components"]["calibrator"]["state"].update(temperature=1.0), rehash=False)
+    with pytest.raises(ArtifactError, match="Checksum mismatch for manifest.json"):
+        load_artifact(path)
+
+
+def test_corrupted_manifest(tmp_path, fitted):
+    path = save_artifact(fitted, tmp_path / "art")
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="Corrupted manifest.json"):
+        load_artifact(path)
+
+
+def test_unknown_schema_version_format_and_kind(tmp_path, fitted):
+    path = save_artifact(fitted, tmp_path / "art")
+    _edit_manifest(path, lambda m: m.update(schema_version=2))
+    with pytest.raises(ArtifactError, match=r"Unsupported artifact schema_version 2 .*reads: \[1\]"):
+        load_artifact(path)
+    _edit_manifest(path, lambda m: m.update(schema_version=1, format="netcal.pickle"))
+    with pytest.raises(ArtifactError, match="Expected format 'calib.artifact'"):
+        load_artifact(path)
+    _edit_manifest(path, lambda m: (m.update(format="calib.artifact"),
+                                    m["components"]["calibrator"].update(kind="os.system")))
+    with pytest.raises(ArtifactError, match="Unsupported calibrator kind 'os.system'; known kinds"):
+        load_artifact(path)
+
+
+def test_missing_folder_or_file_and_path_traversal(tmp_path, fitted):
+    with pytest.raises(ArtifactError, match="without one"):
+        load_artifact(tmp_path / "nowhere")
+    path = save_artifact(fitted, tmp_path / "art")
+    os.unlink(path / "arrays.npz")
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifact(path)
+    path = save_artifact(fitted, tmp_path / "art2")
+    (tmp_path / "secret").write_text("x")
+    _edit_manifest(path, lambda m: m["files"].update({"../secret": "0" * 64}))
+    with pytest.raises(ArtifactError, match="outside the artifact folder"):
+        load_artifact(path)
+
+
+def test_artifact_bytes_are_deterministic_except_timestamp(tmp_path, fitted):
+    a = save_artifact(fitted, tmp_path / "a")
+    b = save_artifact(fitted, tmp_path / "b")
+    assert (a / "arrays.npz").read_bytes() == (b / "arrays.npz").read_bytes()
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    for m in (ma, mb):
+        m.pop("created_utc"), m.pop("manifest_sha256")
+    assert ma == mb

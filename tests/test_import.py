@@ -1,0 +1,15 @@
+"""`import calib` stays light: no netcal, hydra, matplotlib or torch until a function needs them."""
+
+import subprocess
+import sys
+
+HEAVY = ("netcal", "hydra", "matplotlib", "torch", "scipy", "sklearn", "omegaconf")
+
+
+def test_import_calib_does_not_pull_heavy_dependencies():
+    code = (
+        "import sys, calib, calib.calibrators, calib.metrics, calib.artifacts, calib.io, calib.datasets, calib.plots\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

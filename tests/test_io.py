@@ -1,0 +1,176 @@
+"""Data contract: formats, splits, and bad input (clear errors, never unpickle)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from calib import LogitsData, load_logits, stratified_split
+from calib.datasets import load, synthetic
+
+
+@pytest.fixture
+def small():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 4)).astype(np.float32)
+    labels = np.arange(40) % 4
+    split = (np.arange(40) >= 20).astype(np.int8)
+    return logits, labels, split
+
+
+def test_npz_round_trip(tmp_path, small):
+    logits, labels, split = small
+    groups = np.array(["a", "b"] * 20)
+    fallback = labels[::-1].copy()
+    np.savez(tmp_path / "d.npz", logits=logits, labels=labels, split=split, groups=groups,
+             class_names=np.array(["w", "x", "y", "z"]), fallback=fallback)
+    d = load_logits(tmp_path / "d.npz")
+    assert np.array_equal(d.logits, logits) and d.logits.dtype == np.float32
+    assert np.array_equal(d.labels, labels) and d.labels.dtype == np.int64
+    assert np.array_equal(d.split, split)
+    assert d.groups.tolist() == groups.tolist()
+    assert d.class_names == ("w", "x", "y", "z")
+    assert np.array_equal(d.extras["fallback"], fallback)
+
+
+def test_npy_pair_and_mmap(tmp_path, small):
+    logits, labels, _ = small
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "labels.npy", labels)
+    d = load_logits(tmp_path / "logits.npy", mmap=True)
+    assert np.array_equal(d.logits, logits) and d.split is None
+    np.save(tmp_path / "y.npy", labels)
+    d2 = load_logits(tmp_path / "logits.npy", labels_path=tmp_path / "y.npy")
+    assert np.array_equal(d2.labels, labels)
+
+
+def test_npy_without_labels_file(tmp_path, small):
+    np.save(tmp_path / "z.npy", small[0])
+    with pytest.raises(FileNotFoundError, match="labels_path"):
+        load_logits(tmp_path / "z.npy")
+
+
+def test_pt_dict_of_tensors(tmp_path, small):
+    logits, labels, split = small
+    torch.save({"logits": torch.from_numpy(logits), "labels": torch.from_numpy(labels),
+                "split": torch.from_numpy(split)}, tmp_path / "d.pt")
+    d = load_logits(tmp_path / "d.pt")
+    assert np.array_equal(d.logits, logits) and np.array_equal(d.split, split)
+
+
+class Evil:
+    """Any non-tensor object: torch.load(weights_only=True) must refuse to unpickle it."""
+
+
+def test_pt_with_arbitrary_object_is_refused(tmp_path):
+    torch.save({"logits": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_logits(tmp_path / "evil.pt")
+
+
+def test_csv(tmp_path, small):
+    logits, labels, split = small
+    with open(tmp_path / "d.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "split", "cat", "dog", "fox", "owl"])
+        for y, s, row in zip(labels, split, logits):
+            w.writerow([y, s, *[repr(float(v)) for v in row]])
+    d = load_logits(tmp_path / "d.csv")
+    assert np.array_equal(d.logits, logits)
+    assert np.array_equal(d.labels, labels) and np.array_equal(d.split, split)
+    assert d.class_names == ("cat", "dog", "fox", "owl")
+
+
+def test_unknown_extension(tmp_path):
+    (tmp_path / "x.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"Unsupported logits file extension '\.parquet'.*valid options"):
+        load_logits(tmp_path / "x.parquet")
+
+
+def test_pickle_bearing_npz_is_refused(tmp_path, small):
+    obj = np.empty(1, dtype=object)
+    obj[0] = {"payload": 1}
+    np.savez(tmp_path / "p.npz", logits=small[0], labels=small[1], meta=obj)
+    with pytest.raises(ValueError, match="never unpickles"):
+        load_logits(tmp_path / "p.npz")
+
+
+def test_missing_key(tmp_path, small):
+    np.savez(tmp_path / "m.npz", logits=small[0])
+    with pytest.raises(ValueError, match=r"Expected a 'labels' array"):
+        load_logits(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize(
+    "logits, labels, match",
+    [
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), [0, 1], "finite logits.*NaN/inf"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]]), [0, 1], "finite logits"),
+        (np.zeros(4), [0, 1, 0, 1], r"shape \(n_samples, n_classes\), got an array of shape \(4,\)"),
+        (np.zeros((2, 2, 2)), [0, 1], r"got an array of shape \(2, 2, 2\)"),
+        (np.zeros((3, 1)), [0, 0, 0], "at least 2 classes"),
+        (np.zeros((3, 2)), [0, 1, 2], r"labels in \[0, 1\] for 2 classes, got maximum 2"),
+        (np.zeros((3, 2)), [0, -1, 1], "labels >= 0, got minimum -1"),
+        (np.zeros((3, 2)), [0.0, 1.5, 1.0], "fractional part"),
+        (np.zeros((3, 2)), [0, 1], r"labels of length 3 .* got length 2"),
+    ],
+)
+def test_bad_input_messages(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        LogitsData(logits=np.asarray(logits), labels=np.asarray(labels))
+
+
+def test_string_labels_are_a_type_error():
+    with pytest.raises(TypeError, match="integer class labels, got dtype"):
+        LogitsData(logits=np.zeros((2, 2)), labels=np.array(["a", "b"]))
+
+
+def test_integral_float_labels_are_accepted():
+    d = LogitsData(logits=np.zeros((2, 2), np.float32), labels=np.array([0.0, 1.0]))
+    assert d.labels.dtype == np.int64
+
+
+def test_split_values_checked():
+    with pytest.raises(ValueError, match="split values 0 .* or 1"):
+        LogitsData(logits=np.zeros((2, 2)), labels=[0, 1], split=np.array([0, 2]))
+
+
+def test_empty_calibration_or_test_split():
+    d = LogitsData(logits=np.zeros((4, 2)), labels=[0, 1, 0, 1], split=np.ones(4, np.int8))
+    with pytest.raises(ValueError, match="non-empty calibration split"):
+        d.split_cal_test()
+    d = LogitsData(logits=np.zeros((4, 2)), labels=[0, 1, 0, 1], split=np.zeros(4, np.int8))
+    with pytest.raises(ValueError, match="non-empty test split"):
+        d.split_cal_test()
+
+
+def test_stratified_split_fractions_and_determinism():
+    labels = np.repeat(np.arange(5), [100, 50, 20, 7, 1])
+    mask = stratified_split(labels, cal_fraction=0.3, seed=4)
+    per_class = np.bincount(labels[mask], minlength=5)
+    assert per_class.tolist() == [30, 15, 6, 2, 1]  # round(0.3 * n_c), at least one row per class
+    assert np.array_equal(mask, stratified_split(labels, cal_fraction=0.3, seed=4))
+    assert not np.array_equal(mask, stratified_split(labels, cal_fraction=0.3, seed=5))
+    with pytest.raises(ValueError, match=r"cal_fraction in \(0, 1\), got 1.5"):
+        stratified_split(labels, cal_fraction=1.5)
+
+
+def test_split_cal_test_uses_file_split_unless_resplit():
+    d = synthetic(n=1000, n_classes=4, seed=0)
+    cal, test = d.split_cal_test()
+    assert cal.n_samples == 500 and np.array_equal(cal.logits, d.logits[:500])
+    cal2, _ = d.split_cal_test(resplit=True, cal_fraction=0.25, seed=1)
+    assert abs(cal2.n_samples - 250) <= 4
+
+
+def test_builtin_dataset():
+    d = load("c10lt_resnet110")
+    assert d.logits.shape == (20216, 10) and d.logits.dtype == np.float32
+    assert int((d.split == 0).sum()) == 10216
+    # The test part is the balanced CIFAR-10 test set: 1,000 per class.
+    assert np.bincount(d.labels[d.split == 1]).tolist() == [1000] * 10
+    with pytest.raises(ValueError, match="Unknown builtin dataset 'nope'; valid options"):
+        load("nope")
