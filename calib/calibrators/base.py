@@ -20,20 +20,22 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a method that needs a fitted object is called before ``fit``."""
 
 
-def softmax(logits, *, out_dtype=None, chunk_rows=None):
-    """Row-wise softmax computed in the input's precision (float32 stays float32).
+def softmax(logits, *, beta=1.0):
+    """Row-wise ``softmax(beta * logits)`` in the input's precision (float32 stays float32), chunked.
 
     >>> softmax(np.array([[0.0, np.log(3.0)]])).round(6).tolist()
     [[0.25, 0.75]]
     """
     x = np.asarray(logits)
-    dtype = np.result_type(x.dtype, np.float32) if out_dtype is None else np.dtype(out_dtype)
-    out = np.empty(x.shape, dtype=dtype)
-    rows = chunk_rows or _chunk_rows(x.shape[1])
+    out = np.empty(x.shape, dtype=np.result_type(x.dtype, np.float32))
+    rows = _chunk_rows(x.shape[1])
+    scale = out.dtype.type(beta)
     for start in range(0, x.shape[0], rows):
         block = out[start:start + rows]
-        np.subtract(x[start:start + rows], x[start:start + rows].max(axis=1, keepdims=True), out=block,
-                    casting="unsafe")
+        chunk = x[start:start + rows]
+        np.subtract(chunk, chunk.max(axis=1, keepdims=True), out=block, casting="unsafe")
+        if beta != 1.0:
+            block *= scale
         np.exp(block, out=block)
         block /= block.sum(axis=1, keepdims=True)
     return out

@@ -70,7 +70,7 @@ class TemperatureScaling(Calibrator):
         self.fit_info_ = info
 
     def _predict_proba(self, logits):
-        return softmax_scaled(logits, 1.0 / self.temperature_)
+        return softmax(logits, beta=1.0 / self.temperature_)
 
     def _get_state(self):
         return {"temperature": self.temperature_}, {}
@@ -80,19 +80,8 @@ class TemperatureScaling(Calibrator):
 
 
 def softmax_scaled(logits, beta):
-    """``softmax(beta * logits)`` in the input's precision."""
-    x = np.asarray(logits)
-    out = np.empty(x.shape, dtype=np.result_type(x.dtype, np.float32))
-    rows = _chunk_rows(x.shape[1])
-    beta = out.dtype.type(beta)
-    for start in range(0, x.shape[0], rows):
-        block = out[start:start + rows]
-        chunk = x[start:start + rows]
-        np.subtract(chunk, chunk.max(axis=1, keepdims=True), out=block, casting="unsafe")
-        block *= beta
-        np.exp(block, out=block)
-        block /= block.sum(axis=1, keepdims=True)
-    return out
+    """``softmax(beta * logits)`` in the input's precision (alias of ``softmax(logits, beta=beta)``)."""
+    return softmax(logits, beta=beta)
 
 
 def nll_derivatives(logits, labels, beta, *, order=3, chunk_rows=None):
