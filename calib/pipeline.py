@@ -72,6 +72,11 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
     """
     if cal.n_classes != test.n_classes:
         raise ValueError(f"Expected the same number of classes in cal and test, got {cal.n_classes} and {test.n_classes}.")
+    if policy is not None and getattr(policy, "needs_sets", False) and conformal is None:
+        raise ValueError(
+            f"Policy {policy.kind!r} routes on conformal prediction sets, but no conformal predictor is configured "
+            "(conformal=none); set conformal=lac (or aps), or choose another policy."
+        )
     log.info("Fitting %s on %d calibration rows", calibrator, cal.n_samples)
     calibrator.fit(cal.logits, cal.labels)
     probs_before = softmax(test.logits)

@@ -1,0 +1,214 @@
+"""Confidence thresholds with a finite-sample guarantee: Learn then Test with fixed-sequence testing.
+
+Angelopoulos, Bates, Candès, Jordan & Lei (2021), "Learn then Test: Calibrating predictive algorithms
+to achieve risk control", arXiv:2110.01052. Items are answered when their confidence is >= a threshold
+``lam``; the selective risk is R(lam) = P(wrong | answered). On the calibration split:
+
+1. grid: the distinct calibration confidences (or ``grid_size`` of their quantiles; labels unused),
+   ordered from the most conservative (highest) threshold to the least;
+2. for each lam, null hypothesis H(lam): R(lam) > r; given the n(lam) answered items, their error count
+   e(lam) is Binomial(n(lam), R(lam)), so p(lam) = P(Binomial(n(lam), r) <= e(lam)) is a valid p-value;
+3. fixed-sequence testing: walk down the grid rejecting while p(lam) <= delta and stop at the first
+   failure; every rejected lam has R(lam) <= r, jointly with probability >= 1 - delta (FWER control);
+4. return the last rejected (least conservative) lam; when nothing is rejected, say so and answer nothing.
+
+Fixed-sequence testing stops at its first failure, so one cluster of confident errors near the start
+would end the walk before it began. Following LTT's remark on several fixed sequences (Bonferroni over
+them), the walk is run from ``n_starts`` starting points, each at level delta / n_starts, and the union of
+the rejections is kept (FWER <= delta). The starts are spread evenly over the grid between the first
+threshold answering at least ``n_min`` items and the end, where ``n_min`` is the smallest n for which
+floor(r n / 2) errors would still be rejected at level delta / n_starts. Starts and order depend only on
+the confidences, n, r and delta, never on the labels, so the guarantee is unchanged.
+
+Budget mode bounds the escalation rate E(lam) = P(confidence < lam) <= b with the same machinery:
+p(lam) = P(Binomial(n, b) <= #escalated(lam)), walking up from the lowest threshold. With both a risk
+target and a budget each family is tested at delta / 2 (Bonferroni), so both hold jointly w.p. >= 1 - delta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+
+from calib._validation import check_fraction
+
+__all__ = ["Guarantee", "ltt_threshold", "binomial_upper_bound"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Guarantee:
+    """Outcome of :func:`ltt_threshold`.
+
+    ``threshold`` is +inf when nothing could be certified for a risk target (answer nothing, escalate
+    everything) and -inf when only a budget was asked and it could not be certified (answer everything).
+    """
+
+    certified: bool
+    threshold: float
+    target_risk: float | None
+    delta: float
+    max_escalation: float | None
+    risk_upper_bound: float | None
+    cal_selective_risk: float | None
+    cal_coverage: float
+    n_answered: int
+    n_tested: int
+    method: str = "learn_then_test_fixed_sequence_binomial"
+    message: str = ""
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["threshold"] = self.threshold if math.isfinite(self.threshold) else None
+        return d
+
+
+def binomial_upper_bound(errors, n, delta):
+    """One-sided (1 - delta) Clopper–Pearson upper bound of a binomial rate; 1.0 when n == 0.
+
+    >>> round(binomial_upper_bound(0, 100, 0.05), 5)
+    0.02951
+    """
+    from scipy.stats import beta
+
+    errors = np.asarray(errors, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ub = beta.ppf(1.0 - delta, errors + 1.0, np.maximum(n - errors, 1e-300))
+    ub = np.where(errors >= n, 1.0, ub)
+    out = np.where(n > 0, ub, 1.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def _grid(conf_sorted_desc, grid_size):
+    uniq = np.unique(conf_sorted_desc)[::-1]
+    if grid_size is None or uniq.size <= grid_size:
+        return uniq
+    q = np.linspace(0.0, 1.0, grid_size)
+    return np.unique(np.quantile(conf_sorted_desc, q, method="inverted_cdf"))[::-1]
+
+
+def _start_size(r, level, n_max):
+    """Smallest n with P(Binomial(n, r) <= floor(r n / 2)) <= level (n_max + 1 when none is <= n_max)."""
+    from scipy.stats import binom
+
+    ns = np.arange(1, n_max + 1)
+    ok = binom.cdf(np.floor(r * ns / 2.0), ns, r) <= level
+    return int(ns[np.argmax(ok)]) if ok.any() else n_max + 1
+
+
+def _fixed_sequence(pvalues, delta):
+    """Number of leading hypotheses rejected by fixed-sequence testing at level delta."""
+    fail = np.flatnonzero(~(pvalues <= delta))
+    return int(fail[0]) if fail.size else int(pvalues.size)
+
+
+def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escalation=None, grid_size=None,
+                  n_starts=4):
+    """Choose a confidence threshold with P(selective risk > target_risk) <= delta (Learn then Test).
+
+    Parameters
+    ----------
+    confidence : ndarray (n,)
+        Calibration confidence scores (higher = more confident).
+    correct : ndarray (n,), bool
+        Whether the model's answer is right on each calibration item.
+    target_risk : float in (0, 1), optional
+        Target selective risk r.
+    delta : float in (0, 1), default 0.1
+        Failure probability.
+    max_escalation : float in (0, 1), optional
+        Budget b on the escalation rate (share of items not answered).
+    grid_size : int, optional
+        Number of quantile thresholds (default: every distinct confidence).
+    n_starts : int, default 4
+        Number of fixed sequences for the risk target (each at level delta / n_starts).
+
+    Returns
+    -------
+    Guarantee
+
+    >>> conf = np.linspace(0, 1, 1000); correct = conf > 0.3
+    >>> g = ltt_threshold(conf, correct, target_risk=0.05, delta=0.1)
+    >>> g.certified, 0.26 < g.threshold < 0.3
+    (True, True)
+    """
+    from scipy.stats import binom
+
+    if target_risk is None and max_escalation is None:
+        raise ValueError("Expected target_risk or max_escalation (or both), got neither.")
+    delta = check_fraction(delta, "delta")
+    from calib._validation import check_positive_int
+
+    n_starts = check_positive_int(n_starts, "n_starts")
+    if target_risk is not None:
+        target_risk = check_fraction(target_risk, "target_risk")
+    if max_escalation is not None:
+        max_escalation = check_fraction(max_escalation, "max_escalation")
+    c = np.asarray(confidence, dtype=np.float64)
+    h = np.asarray(correct, dtype=bool)
+    if c.ndim != 1 or c.shape != h.shape or c.size == 0:
+        raise ValueError(f"Expected confidence and correct of the same shape (n,), got {c.shape} and {h.shape}.")
+    n = c.size
+    level = delta / 2 if (target_risk is not None and max_escalation is not None) else delta
+
+    order = np.argsort(-c, kind="stable")
+    cs = c[order]
+    cum_err = np.cumsum(~h[order])
+    grid = _grid(cs, grid_size)  # descending
+    # n_answered(lam) = #(c >= lam); cs is descending so use searchsorted on the ascending reverse
+    n_ans = n - np.searchsorted(cs[::-1], grid, side="left")
+    e_ans = np.where(n_ans > 0, cum_err[np.maximum(n_ans - 1, 0)], 0)
+
+    ok = np.ones(grid.size, dtype=bool)
+    n_tested = 0
+    if max_escalation is not None:
+        # walk up from the lowest threshold: reversed grid
+        n_esc = (n - n_ans)[::-1]
+        p_b = binom.cdf(n_esc, n, max_escalation)
+        k_b = _fixed_sequence(p_b, level)
+        n_tested += grid.size if k_b == grid.size else k_b + 1
+        ok_b = np.zeros(grid.size, dtype=bool)
+        ok_b[grid.size - k_b:] = True
+        ok &= ok_b
+    if target_risk is not None:
+        lvl = level / n_starts
+        n_min = _start_size(target_risk, lvl, n)
+        first = int(np.searchsorted(n_ans, n_min, side="left"))  # n_ans ascending along the descending grid
+        starts = np.unique(np.linspace(first, grid.size, n_starts + 1)[:-1].astype(np.int64)) if first < grid.size \
+            else np.array([], dtype=np.int64)
+        p_r = binom.cdf(e_ans, n_ans, target_risk)
+        ok_r = np.zeros(grid.size, dtype=bool)
+        for start in starts:
+            k_r = _fixed_sequence(p_r[start:], lvl)
+            n_tested += (grid.size - start) if k_r == grid.size - start else k_r + 1
+            ok_r[start:start + k_r] = True
+        ok &= ok_r
+
+    if ok.any():
+        # least conservative certified threshold when a risk target is set, else the highest within budget
+        i = int(np.flatnonzero(ok)[-1]) if target_risk is not None else int(np.flatnonzero(ok)[0])
+        thr, na, ea, certified, msg = float(grid[i]), int(n_ans[i]), int(e_ans[i]), True, ""
+    else:
+        certified = False
+        if target_risk is not None:
+            thr, na, ea = math.inf, 0, 0
+            msg = (f"No confidence threshold certified selective risk <= {target_risk} with probability "
+                   f">= 1 - {delta} on {n} calibration items"
+                   + (f" within escalation budget {max_escalation}" if max_escalation is not None else "")
+                   + "; escalating every item.")
+        else:
+            thr, na, ea = -math.inf, n, int(cum_err[-1])
+            msg = (f"No threshold certified escalation rate <= {max_escalation} with probability >= 1 - {delta}; "
+                   "answering every item (no escalation).")
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    ub = binomial_upper_bound(ea, na, level) if target_risk is not None else None
+    if target_risk is None and na > 0:
+        ub = binomial_upper_bound(ea, na, delta)
+    return Guarantee(
+        certified=certified, threshold=thr, target_risk=target_risk, delta=delta, max_escalation=max_escalation,
+        risk_upper_bound=None if ub is None else float(ub), cal_selective_risk=(ea / na) if na else None,
+        cal_coverage=na / n, n_answered=na, n_tested=int(n_tested), message=msg,
+    )

@@ -1,0 +1,140 @@
+"""The policy stage of :func:`calib.pipeline.fit_and_evaluate`: fit a routing policy on the calibration
+part, route the test part, report product metrics with confidence intervals, the guarantee, selective
+metrics, slices and figures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calib._validation import check_probs_labels
+
+__all__ = ["policy_stage", "evaluate_routing"]
+
+
+def _sets(conformal, probs, groups):
+    if conformal is None:
+        return None
+    try:
+        return conformal.predict_set(probs, groups=groups)
+    except TypeError:
+        return conformal.predict_set(probs)
+
+
+def _fallback(extras, n, where):
+    if not extras or "fallback" not in extras:
+        return None
+    fb = np.asarray(extras["fallback"])
+    if fb.shape[:1] != (n,):
+        raise ValueError(f"Expected the {where} fallback array with {n} entries (one per item), got shape {fb.shape}.")
+    return fb
+
+
+def evaluate_routing(policy, probs, labels, *, sets=None, fallback=None, n_resamples=2000, seed=0):
+    """Route ``probs`` with a fitted policy and return ``(decision, product metrics dict)``."""
+    from calib.policy.product_metrics import product_metrics
+
+    decision = policy.route(probs, sets=sets, fallback=fallback)
+    metrics = product_metrics(decision.actions, decision.prediction, labels, decision.fallback,
+                              costs=policy.cost_model, n_resamples=n_resamples, seed=seed)
+    return decision, metrics
+
+
+def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conformal=None, cal_extras=None,
+                 test_extras=None, cal_groups=None, test_groups=None, n_resamples=2000, seed=0):
+    """Fit ``policy`` on the calibration part, apply it to the test part.
+
+    Parameters
+    ----------
+    policy : RoutingPolicy
+        A freshly instantiated member of :data:`calib.policy.REGISTRY`.
+    cal_probs, test_probs : ndarray (n, k)
+        Calibrated probabilities.
+    cal_labels, test_labels : ndarray (n,)
+    conformal : fitted conformal predictor with ``predict_set(probs, groups=None)``, optional
+        Required by policies with ``needs_sets`` (``conformal_routing``).
+    cal_extras, test_extras : dict, optional
+        Per-item arrays of the data; ``"fallback"`` (int labels) is the fallback's output.
+    cal_groups, test_groups : ndarray (n,), optional
+
+    Returns
+    -------
+    sections : dict
+        ``{"policy": {...rates, "ci", "guarantee", "slices"}, "selective": {"aurc", "eaurc", ...}}``.
+    figures : dict
+        ``{"risk_coverage.png": Figure, "completion_frontier.png": Figure, "silent_failure_slices.png": Figure}``.
+    """
+    from calib import selective
+    from calib.policy import plots
+    from calib.policy.slices import silent_failure_slices
+
+    cal_p, cal_y = check_probs_labels(cal_probs, cal_labels)
+    test_p, test_y = check_probs_labels(test_probs, test_labels, n_classes=cal_p.shape[1])
+    if policy.needs_sets and conformal is None:
+        raise ValueError(
+            f"Policy {policy.kind!r} routes on conformal prediction sets, but no conformal predictor is configured "
+            "(conformal=none); set conformal=lac (or aps), or choose policy=threshold/risk_control/cost."
+        )
+    cal_sets = _sets(conformal, cal_p, cal_groups) if policy.needs_sets else None
+    test_sets = _sets(conformal, test_p, test_groups) if policy.needs_sets else None
+    cal_fb = _fallback(cal_extras, cal_y.size, "calibration")
+    test_fb = _fallback(test_extras, test_y.size, "test")
+    policy.fit(cal_p, cal_y, sets=cal_sets, fallback=cal_fb, groups=cal_groups)
+    decision, m = evaluate_routing(policy, test_p, test_y, sets=test_sets, fallback=test_fb,
+                                   n_resamples=n_resamples, seed=seed)
+    guarantee = policy.guarantee()
+    score = getattr(policy, "score", "max_prob")
+    conf = selective.confidence_scores(test_p, score)
+    correct = decision.prediction == test_y
+    target = guarantee.get("target_risk")
+    # slices are tested against the policy's target risk, or (no target) against the overall silent-failure rate
+    slice_target = target if target is not None else max(min(m["silent_failure_rate"] or 0.0, 0.999), 1e-3)
+    slices = silent_failure_slices(test_p, test_y, decision.actions, target=slice_target, groups=test_groups)
+    section = {
+        "kind": policy.kind,
+        **{key: m[key] for key in ("automation_rate", "escalation_rate", "fallback_rate", "selective_risk",
+                                   "selective_accuracy", "silent_failure_rate", "recovery_rate",
+                                   "task_completion_rate", "expected_cost", "expected_time",
+                                   "time_to_correct_output", "model_accuracy", "n")},
+        "ci": m["ci"],
+        "ci_method": m["ci_method"],
+        "guarantee": guarantee,
+        "test_risk_exceeds_target": (None if target is None or m["selective_risk"] is None
+                                     else bool(m["selective_risk"] > target)),
+        "costs": policy.cost_model.to_dict(),
+        "slices": {"target": slice_target, "flagged": [r for r in slices if r["flagged"]][:20],
+                   "n_slices": len(slices)},
+    }
+    sel = {
+        "score": score,
+        "aurc": selective.aurc(conf, correct),
+        "eaurc": selective.eaurc(conf, correct),
+        "augrc": selective.augrc(conf, correct),
+        "error_detection_auroc": selective.error_detection_auroc(conf, correct),
+    }
+    if target is not None:
+        sel["coverage_at_target_risk"] = selective.coverage_at_risk(conf, correct, target)
+    sel = {key: (None if isinstance(v, float) and not np.isfinite(v) else v) for key, v in sel.items()}  # strict JSON
+
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    thr = getattr(policy, "threshold_", None)
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    rc = plots.prepare_risk_coverage(conf, correct, threshold=thr if thr is not None and np.isfinite(thr) else None,
+                                     target_risk=target)
+    plots.plot_risk_coverage(rc, ax=ax, label=f"{score} (test)")
+    ax.set_title(f"risk-coverage, policy {policy.kind}", fontsize=9)
+    fig.tight_layout()
+    figures["risk_coverage.png"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    fr = plots.prepare_completion_frontier(conf, correct, human_accuracy=policy.cost_model.human_accuracy,
+                                           point=(m["escalation_rate"], m["task_completion_rate"]))
+    plots.plot_completion_frontier(fr, ax=ax)
+    ax.set_title("task completion vs escalation", fontsize=9)
+    fig.tight_layout()
+    figures["completion_frontier.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 0.25 * min(len(slices), 20) + 1.2))
+    plots.plot_slices(slices, ax=ax, target=slice_target)
+    fig.tight_layout()
+    figures["silent_failure_slices.png"] = fig
+    return {"policy": section, "selective": sel}, figures

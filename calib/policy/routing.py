@@ -1,0 +1,351 @@
+"""Routing policies: per item, **answer** (the model's label), **escalate** (to a person) or **fallback**
+(the output of deterministic logic).
+
+Every policy takes calibrated probabilities (n, k), is built with keyword-only validated arguments,
+``fit(probs, labels, *, sets=None, fallback=None)`` on the calibration split, and ``route(probs, *,
+sets=None, fallback=None) -> Decision``. The decision maths is numpy only, so a numpy-only runtime can
+rebuild a policy from an artifact (``get_params`` / ``get_state`` / ``from_state``) and route the same.
+
+Where the fallback's label comes from (``fallback=``):
+``"auto"`` (default) the per-item ``fallback`` array of the data when there is one, else no fallback;
+``"extras"`` that array, required; ``"none"`` never fall back; ``"majority"`` the most frequent class of
+the calibration labels; an int: that constant label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+from calib._validation import check_choice, check_fraction, check_labels, check_probs, check_probs_labels
+from calib.policy.costs import as_cost_model
+from calib.policy.guarantees import Guarantee, ltt_threshold
+from calib.selective import SCORES, confidence_scores
+
+__all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
+           "RiskControlPolicy", "ConformalRoutingPolicy", "CostPolicy"]
+
+ANSWER, ESCALATE, FALLBACK = 0, 1, 2
+ACTIONS = ("answer", "escalate", "fallback")
+FALLBACK_MODES = ("auto", "extras", "none", "majority")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when ``route`` is called before ``fit``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """Routing of n items: ``actions`` int8 (0 answer, 1 escalate, 2 fallback), the model's label
+    ``prediction`` (n,), the fallback's label ``fallback`` (n,) or None, and ``output`` (n,): the
+    automated output (model or fallback label), -1 for escalated items."""
+
+    actions: np.ndarray
+    prediction: np.ndarray
+    fallback: np.ndarray | None
+    output: np.ndarray
+
+    def rates(self):
+        counts = np.bincount(self.actions, minlength=3) / self.actions.size
+        return {f"{a}_rate": float(c) for a, c in zip(("automation", "escalation", "fallback"), counts)}
+
+
+def _check_fallback_mode(value):
+    if isinstance(value, bool):
+        raise TypeError(f"Expected fallback as one of {list(FALLBACK_MODES)} or a class index, got {value!r}.")
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError(f"Expected fallback class index >= 0, got {value!r}.")
+        return int(value)
+    if isinstance(value, str):
+        return check_choice(value, "fallback", FALLBACK_MODES)
+    raise TypeError(f"Expected fallback as one of {list(FALLBACK_MODES)} or a class index, got {value!r}.")
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+class RoutingPolicy:
+    """Base class. Subclasses set ``kind`` and implement ``_fit`` and ``_actions``."""
+
+    kind: str = ""
+    #: whether the policy routes on conformal prediction sets
+    needs_sets: bool = False
+
+    def __init__(self, *, fallback="auto", costs=None):
+        self.fallback = _check_fallback_mode(fallback)
+        self.cost_model = as_cost_model(costs)
+        self.costs = self.cost_model.to_dict()
+
+    # --- public API -------------------------------------------------------------------------------
+    def fit(self, probs, labels, *, sets=None, fallback=None, groups=None):
+        """Fit on calibrated calibration probabilities (n, k) and labels (n,); returns self."""
+        p, y = check_probs_labels(probs, labels)
+        k = p.shape[1]
+        if isinstance(self.fallback, int) and self.fallback >= k:
+            raise ValueError(f"Expected fallback class index in [0, {k - 1}] for {k} classes, got {self.fallback}.")
+        self.n_classes_ = int(k)
+        self.majority_class_ = int(np.bincount(y, minlength=k).argmax())
+        fb = self._fallback_labels(p.shape[0], fallback)
+        s = self._check_sets(sets, p.shape)
+        self._fit(p, y, s, fb)
+        return self
+
+    def route(self, probs, *, sets=None, fallback=None) -> Decision:
+        """Route each item: returns a :class:`Decision`."""
+        self._check_fitted()
+        p = check_probs(probs, n_classes=self.n_classes_)
+        fb = self._fallback_labels(p.shape[0], fallback)
+        s = self._check_sets(sets, p.shape)
+        pred = p.argmax(axis=1)
+        actions = self._actions(p, pred, s, fb).astype(np.int8)
+        output = np.where(actions == ANSWER, pred, -1)
+        if fb is not None:
+            output = np.where(actions == FALLBACK, fb, output)
+        return Decision(actions=actions, prediction=pred, fallback=fb, output=output)
+
+    @property
+    def uses_fallback(self):
+        return self.fallback != "none"
+
+    def guarantee(self):
+        """Guarantee section for reports (all None for policies without one)."""
+        return {"target_risk": None, "delta": None, "threshold": None, "risk_upper_bound": None,
+                "certified": None}
+
+    def get_params(self) -> dict:
+        sig = inspect.signature(type(self).__init__)
+        return {name: _jsonable(getattr(self, name)) for name in sig.parameters if name != "self"}
+
+    def get_state(self):
+        self._check_fitted()
+        scalars, arrays = self._get_state()
+        return {"n_classes": self.n_classes_, "majority_class": self.majority_class_, **scalars}, arrays
+
+    @classmethod
+    def from_state(cls, params, state, arrays):
+        obj = cls(**params)
+        state = dict(state)
+        obj.n_classes_ = int(state.pop("n_classes"))
+        obj.majority_class_ = int(state.pop("majority_class"))
+        obj._set_state(state, arrays)
+        return obj
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _fallback_labels(self, n, fallback):
+        mode = self.fallback
+        if isinstance(mode, int):
+            return np.full(n, mode, dtype=np.int64)
+        if mode == "none":
+            return None
+        if mode == "majority":
+            return np.full(n, self.majority_class_, dtype=np.int64)
+        if fallback is None:
+            if mode == "extras":
+                raise ValueError(
+                    "Expected a per-item fallback array (data key 'fallback') for fallback='extras', got none; "
+                    "set fallback to 'none', 'majority' or a class index, or add 'fallback' to the data file."
+                )
+            return None
+        return check_labels(fallback, "fallback", n_samples=n, n_classes=self.n_classes_)
+
+    def _check_sets(self, sets, shape):
+        if sets is None:
+            if self.needs_sets:
+                raise ValueError(
+                    f"Policy {self.kind!r} routes on conformal prediction sets, but no conformal predictor is "
+                    "configured (conformal=none); choose conformal=lac/aps or another policy."
+                )
+            return None
+        s = np.asarray(sets)
+        if s.shape != shape or s.dtype != bool:
+            raise ValueError(f"Expected sets as a boolean array of shape {shape}, got dtype {s.dtype}, shape {s.shape}.")
+        return s
+
+    def _check_fitted(self):
+        if not hasattr(self, "n_classes_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(probs, labels) before route().")
+
+    def _fit(self, probs, labels, sets, fallback):
+        pass
+
+    def _get_state(self):
+        return {}, {}
+
+    def _set_state(self, state, arrays):
+        pass
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k != "costs")
+        return f"{type(self).__name__}({args})"
+
+
+class _ScoreThresholdPolicy(RoutingPolicy):
+    """Answer when the confidence score is >= ``threshold_``; otherwise fall back when the model gives the
+    fallback's label a probability >= ``fallback_threshold``; otherwise escalate."""
+
+    def _init_score(self, score, fallback_threshold):
+        self.score = check_choice(score, "score", SCORES)
+        if fallback_threshold is not None:
+            fallback_threshold = check_fraction(fallback_threshold, "fallback_threshold", inclusive=True)
+        self.fallback_threshold = fallback_threshold
+
+    def _actions(self, p, pred, sets, fb):
+        s = confidence_scores(p, self.score)
+        actions = np.where(s >= self.threshold_, ANSWER, ESCALATE)
+        if fb is not None and self.fallback_threshold is not None:
+            p_fb = np.take_along_axis(p, fb[:, None], axis=1)[:, 0]
+            actions = np.where((actions == ESCALATE) & (p_fb >= self.fallback_threshold), FALLBACK, actions)
+        return actions
+
+    def _get_state(self):
+        return {}, {"threshold": np.asarray([self.threshold_], dtype=np.float64)}
+
+    def _set_state(self, state, arrays):
+        self.threshold_ = float(np.asarray(arrays["threshold"]).reshape(-1)[0])
+
+
+class ThresholdPolicy(_ScoreThresholdPolicy):
+    """Fixed confidence threshold, or the calibration quantile that answers ``target_coverage`` of items.
+
+    No statistical guarantee (see :class:`RiskControlPolicy`). Geifman & El-Yaniv (2017).
+
+    >>> p = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    >>> ThresholdPolicy(threshold=0.7).fit(p, np.array([0, 1, 1])).route(p).actions.tolist()
+    [0, 1, 0]
+    """
+
+    kind = "threshold"
+
+    def __init__(self, *, threshold=None, target_coverage=None, score="max_prob", fallback_threshold=None,
+                 fallback="auto", costs=None):
+        super().__init__(fallback=fallback, costs=costs)
+        self._init_score(score, fallback_threshold)
+        if (threshold is None) == (target_coverage is None):
+            raise ValueError(f"Expected exactly one of threshold or target_coverage, got threshold={threshold!r}, "
+                             f"target_coverage={target_coverage!r}.")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+                raise ValueError(f"Expected threshold as a finite real number, got {threshold!r}.")
+            threshold = float(threshold)
+        if target_coverage is not None:
+            target_coverage = check_fraction(target_coverage, "target_coverage")
+        self.threshold = threshold
+        self.target_coverage = target_coverage
+
+    def _fit(self, p, y, sets, fb):
+        if self.threshold is not None:
+            self.threshold_ = self.threshold
+        else:
+            s = np.sort(confidence_scores(p, self.score))[::-1]
+            self.threshold_ = float(s[max(1, math.ceil(self.target_coverage * s.size)) - 1])
+
+
+class RiskControlPolicy(_ScoreThresholdPolicy):
+    """Threshold chosen by Learn then Test so that P(selective risk > target_risk) <= delta, optionally with
+    an escalation budget (see :mod:`calib.policy.guarantees`; Angelopoulos et al. 2021, arXiv:2110.01052).
+
+    When nothing is certified it warns and escalates every item (``guarantee_.certified`` is False).
+    """
+
+    kind = "risk_control"
+
+    def __init__(self, *, target_risk=0.05, delta=0.1, max_escalation=None, score="max_prob", grid_size=None,
+                 fallback_threshold=None, fallback="auto", costs=None):
+        super().__init__(fallback=fallback, costs=costs)
+        self._init_score(score, fallback_threshold)
+        self.target_risk = None if target_risk is None else check_fraction(target_risk, "target_risk")
+        self.delta = check_fraction(delta, "delta")
+        self.max_escalation = None if max_escalation is None else check_fraction(max_escalation, "max_escalation")
+        if self.target_risk is None and self.max_escalation is None:
+            raise ValueError("Expected target_risk or max_escalation (or both), got neither.")
+        if grid_size is not None:
+            from calib._validation import check_positive_int
+
+            grid_size = check_positive_int(grid_size, "grid_size", minimum=2)
+        self.grid_size = grid_size
+
+    def _fit(self, p, y, sets, fb):
+        conf = confidence_scores(p, self.score)
+        correct = p.argmax(axis=1) == y
+        g = ltt_threshold(conf, correct, target_risk=self.target_risk, delta=self.delta,
+                          max_escalation=self.max_escalation, grid_size=self.grid_size)
+        self.guarantee_ = g
+        self.threshold_ = g.threshold
+
+    def guarantee(self):
+        return self.guarantee_.to_dict()
+
+    def _get_state(self):
+        scalars, arrays = super()._get_state()
+        g = self.guarantee_.to_dict()
+        g.pop("threshold")
+        return {"guarantee": g}, arrays
+
+    def _set_state(self, state, arrays):
+        super()._set_state(state, arrays)
+        self.guarantee_ = Guarantee(threshold=self.threshold_, **state["guarantee"])
+
+
+class ConformalRoutingPolicy(RoutingPolicy):
+    """Route on a conformal prediction set: answer when it is a singleton, fall back when the fallback's
+    label is inside it, escalate otherwise (empty or ambiguous sets). Needs ``sets`` from a fitted conformal
+    predictor (Angelopoulos & Bates 2021, "A gentle introduction to conformal prediction").
+
+    When answering, the output is the model's top label (a singleton set holds it for LAC/APS-type sets).
+
+    >>> sets = np.array([[True, False], [True, True], [False, False]])
+    >>> p = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]])
+    >>> ConformalRoutingPolicy(fallback=1).fit(p, np.array([0, 1, 0]), sets=sets).route(p, sets=sets).actions.tolist()
+    [0, 2, 1]
+    """
+
+    kind = "conformal_routing"
+    needs_sets = True
+
+    def __init__(self, *, fallback="auto", costs=None):
+        super().__init__(fallback=fallback, costs=costs)
+
+    def _actions(self, p, pred, sets, fb):
+        size = sets.sum(axis=1)
+        actions = np.full(p.shape[0], ESCALATE)
+        if fb is not None:
+            in_set = np.take_along_axis(sets, fb[:, None], axis=1)[:, 0]
+            actions = np.where(in_set & (size >= 1), FALLBACK, actions)
+        return np.where(size == 1, ANSWER, actions)
+
+
+class CostPolicy(RoutingPolicy):
+    """Minimum expected cost per item under a :class:`~calib.policy.costs.CostModel`, computed from the
+    calibrated probabilities (Chow 1970, "On optimum recognition error and reject tradeoff", extended to a
+    third, fallback action). Ties go to answer, then fallback, then escalate.
+
+    >>> p = np.array([[0.95, 0.05], [0.6, 0.4]])
+    >>> CostPolicy(costs={"escalation": 0.1, "human_accuracy": 1.0}).fit(p, np.array([0, 1])).route(p).actions.tolist()
+    [0, 1]
+    """
+
+    kind = "cost"
+
+    def __init__(self, *, fallback="auto", costs=None):
+        super().__init__(fallback=fallback, costs=costs)
+
+    def _actions(self, p, pred, sets, fb):
+        p_pred = p.max(axis=1)
+        p_fb = None if fb is None else np.take_along_axis(p, fb[:, None], axis=1)[:, 0]
+        c = self.cost_model.action_costs(p_pred, p_fb)
+        # preference order answer < fallback < escalate on ties
+        best = np.where(c[:, 0] <= np.minimum(c[:, 1], c[:, 2]), ANSWER,
+                        np.where(c[:, 2] <= c[:, 1], FALLBACK, ESCALATE))
+        return best

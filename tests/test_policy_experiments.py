@@ -1,0 +1,88 @@
+"""Entry points of the routing issue: compare.py (Hydra), shift_report.py, audit_policy.py --quick."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, shared_npz
+
+
+def test_compare_two_models_one_table(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from hydra import compose, initialize_config_dir
+
+    shared_npz("cifar_chenyaofo/cifar10_resnet20.npz")
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=["pattern='cifar10_resnet[25]*.npz'", "n_resamples=200"])
+    result = compare.run(cfg, tmp_path)
+    rows = result["rows"]
+    assert [r["model"] for r in rows] == ["cifar10_resnet20", "cifar10_resnet56"]
+    # ECE after temperature scaling on split==1 as published in the dataset README (0.74 %, 0.78 %)
+    assert [round(100 * r["ece"], 2) for r in rows] == [0.74, 0.78]
+    for r in rows:
+        assert r["policies"]["risk_control"]["guarantee"]["certified"]
+        assert set(r["policies"]) == {"risk_control", "cost"}
+    table = (tmp_path / "compare.md").read_text()
+    assert table.count("\n| cifar10_") == 4  # two models x two policy tables
+    assert (tmp_path / "compare.png").is_file()
+
+
+def test_compare_refuses_files_with_different_test_sets(tmp_path):
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.savez(tmp_path / f"m{i}.npz", logits=rng.normal(size=(40, 3)).astype(np.float32),
+                 labels=rng.integers(0, 3, 40), split=np.r_[np.zeros(20), np.ones(20)].astype(np.int8))
+    cfg = OmegaConf.create({"data_dir": str(tmp_path), "pattern": "m*.npz", "seed": 0, "n_bins": 15,
+                            "n_resamples": 10, "calibrator": {"_target_": "calib.calibrators.IdentityCalibrator"},
+                            "policies": {}})
+    with pytest.raises(ValueError, match="share one test set"):
+        compare.compare(cfg)
+
+
+def test_shift_report_breaks_under_label_shift_only():
+    import warnings
+
+    from calib import load_logits
+    from calib.calibrators import TemperatureScaling
+    from calib.policy import RiskControlPolicy
+    from calib.policy.shift import shift_report
+
+    data = load_logits(shared_npz("c10lt_sctl/resnet110.npz"))
+    cal, test = data.split_cal_test()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rep = shift_report(cal.logits, cal.labels, test.logits, test.labels, calibrator=TemperatureScaling(),
+                           policy=RiskControlPolicy(target_risk=0.05, delta=0.1), n_resamples=200)
+    assert rep["guarantee"]["certified"] and rep["broken"]
+    assert round(100 * rep["test_ece"], 2) == 5.90  # TS test ECE of the dataset README
+    broken = {c["class"] for c in rep["classes"] if c["broken"]}
+    assert "9" in broken and "0" not in broken  # the rarest validation class breaks, the most frequent holds
+
+
+def test_audit_quick_command_runs(capsys):
+    shared_npz("cifar_chenyaofo/cifar10_resnet56.npz")
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        import audit_policy
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
+    assert audit_policy.main(["--quick", "--n-splits", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "violations" in out and "cifar10_resnet56" in out
