@@ -23,7 +23,15 @@ __all__ = ["PipelineResult", "fit_and_evaluate", "METRIC_KEYS"]
 log = logging.getLogger(__name__)
 
 #: Keys of the "uncalibrated" / "calibrated" blocks of metrics.json.
-METRIC_KEYS = ("accuracy", "nll", "brier", "ece", "classwise_ece", "ece_mass", "mce")
+#: ``classwise_ece_sum`` is Kull et al. (2019)'s tabulated form: summed over classes, np.digitize bins.
+METRIC_KEYS = ("accuracy", "nll", "brier", "ece", "classwise_ece", "classwise_ece_sum", "ece_mass", "mce")
+
+
+def _test_metrics(probs, labels, n_bins):
+    out = _metrics.summary(probs, labels, n_bins=n_bins)
+    out["classwise_ece_sum"] = _metrics.classwise_ece(probs, labels, n_bins=n_bins, binning="digitize",
+                                                      reduction="sum")
+    return out
 
 
 @dataclasses.dataclass
@@ -65,10 +73,12 @@ class PipelineResult:
 
 
 def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal=None, policy=None,
-                     n_bins=15) -> PipelineResult:
+                     n_bins=15, n_bootstrap=2000, bootstrap_seed=0) -> PipelineResult:
     """Fit ``calibrator`` (then ``conformal`` and ``policy`` when given) on ``cal``; evaluate on ``test``.
 
-    Nothing is written: call :meth:`PipelineResult.write`. All inputs are validated before any fitting.
+    ``n_bins`` sets the binned calibration metrics; ``n_bootstrap`` and ``bootstrap_seed`` the policy's
+    confidence intervals. Nothing is written: call :meth:`PipelineResult.write`. Inputs are validated
+    before any fitting.
     """
     if cal.n_classes != test.n_classes:
         raise ValueError(f"Expected the same number of classes in cal and test, got {cal.n_classes} and {test.n_classes}.")
@@ -81,8 +91,8 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
     calibrator.fit(cal.logits, cal.labels)
     probs_before = softmax(test.logits)
     probs_after = calibrator.predict_proba(test.logits)
-    before = _metrics.summary(probs_before, test.labels, n_bins=n_bins)
-    after = _metrics.summary(probs_after, test.labels, n_bins=n_bins)
+    before = _test_metrics(probs_before, test.labels, n_bins)
+    after = _test_metrics(probs_after, test.labels, n_bins)
     state, _ = calibrator.get_state()
     result = {
         "n_cal": cal.n_samples,
@@ -112,7 +122,8 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
         log.info("Policy stage: %s", policy)
         sections, figs = policy_stage(policy, cal_probs, cal.labels, probs_after, test.labels,
                                       conformal=conformal, cal_extras=cal.extras, test_extras=test.extras,
-                                      cal_groups=cal.groups, test_groups=test.groups)
+                                      cal_groups=cal.groups, test_groups=test.groups,
+                                      n_resamples=n_bootstrap, seed=bootstrap_seed)
         result.update(sections)
         figures.update(figs)
     return PipelineResult(result, calibrator, conformal, policy, test.labels, probs_before, probs_after,

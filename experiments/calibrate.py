@@ -2,14 +2,16 @@
 
     python experiments/calibrate.py                                  # embedded real dataset
     python experiments/calibrate.py data=npz data.path=my_logits.npz calibrator=temperature hydra.run.dir=out/
+    python experiments/calibrate.py -m experiment=kull2019           # a preset sweep (conf/experiment/)
 
 Writes into the run folder: metrics.json (deterministic), timings.json, reliability.png, artifact/,
-and Hydra's resolved config in .hydra/.
+and Hydra's resolved config in .hydra/. See docs/experiments.md.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from calib._atomic import write_json_atomic
 from calib._hydra import instantiate
+from calib.config import check_overrides, register_configs, validate_root
 from calib.pipeline import fit_and_evaluate
 
 log = logging.getLogger("calibrate")
+register_configs()  # root-key schema + sweep-folder resolver, before Hydra composes
 
 
 def _optional(cfg, key):
@@ -32,15 +36,21 @@ def _optional(cfg, key):
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Run one experiment; return the metrics dict also written to ``out_dir/metrics.json``."""
     start = time.perf_counter()
+    validate_root(cfg)
+    log.info("[1/4] Components: calibrator %s, conformal %s, policy %s", cfg.calibrator.get("_target_"),
+             (cfg.conformal or {}).get("_target_"), (cfg.policy or {}).get("_target_"))
+    calibrator, conformal, policy = instantiate(cfg.calibrator), _optional(cfg, "conformal"), _optional(cfg, "policy")
     data = instantiate(cfg.data)
     cal, test = data.split_cal_test(cal_fraction=cfg.split.cal_fraction, seed=cfg.seed, resplit=cfg.split.resplit)
-    log.info("Data: %d calibration / %d test rows, %d classes", cal.n_samples, test.n_samples, data.n_classes)
-    result = fit_and_evaluate(cal, test, instantiate(cfg.calibrator), conformal=_optional(cfg, "conformal"),
-                              policy=_optional(cfg, "policy"), n_bins=cfg.eval.n_bins)
+    log.info("[2/4] Data: %d calibration / %d test rows, %d classes", cal.n_samples, test.n_samples, data.n_classes)
+    result = fit_and_evaluate(cal, test, calibrator, conformal=conformal, policy=policy, n_bins=cfg.eval.n_bins,
+                              n_bootstrap=cfg.eval.n_bootstrap, bootstrap_seed=cfg.eval.bootstrap_seed)
     fitted = time.perf_counter()
+    log.info("[3/4] Fitted and evaluated in %.2f s", fitted - start)
     result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
     write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start,
                                                  "total_s": time.perf_counter() - start})
+    log.info("[4/4] Wrote metrics.json, timings.json, plots and artifact/")
     return result.metrics
 
 
@@ -53,4 +63,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])
+    except ValueError as err:
+        raise SystemExit(f"calibrate.py: {err}") from None
     main()
