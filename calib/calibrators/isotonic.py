@@ -1,0 +1,143 @@
+"""Isotonic-regression calibration (Zadrozny & Elkan 2002), one-vs-rest or top-label.
+
+``multiclass="ovr"``: for every class c an increasing step-linear map g_c fitted by pool-adjacent-
+violators to (p_c, 1[y = c]) on the calibration split; then ``q_c = g_c(p_c) / sum_j g_j(p_j)``.
+Rows where every g_j(p_j) is 0 (possible when a row's probabilities all fall below each class's
+lowest non-zero step) fall back to the uniform distribution 1/k (counted in ``n_zero_rows_`` of
+the last ``predict_proba`` call, with a warning).
+
+``multiclass="top_label"``: one map g fitted to (max_c p_c, 1[argmax = y]); the top class gets
+``g(max p)`` and the other classes share ``1 - g(max p)`` in proportion to their probabilities. The
+top probability is floored so that it stays at least the largest other probability (argmax kept, up to
+ties).
+
+All classes are fitted at once (one sort per class chunk, one PAV pass: see
+:mod:`calib.calibrators._segmented`); the output equals scikit-learn's
+``IsotonicRegression(out_of_bounds="clip")`` one-vs-rest plus renormalisation.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from calib._validation import check_choice
+from calib.calibrators._segmented import fit_isotonic_columns, interp_rows, pad_ragged
+from calib.calibrators.base import Calibrator, softmax
+
+__all__ = ["IsotonicCalibration", "renormalise", "top_label_apply"]
+
+
+def renormalise(q, *, name="calibrator", classes_first=False):
+    """Divide rows by their sums; rows summing to 0 become uniform (with a warning).
+
+    ``q`` is (n, k), or (k, n) with ``classes_first`` (then sums run over axis 0 on contiguous rows and
+    the result is transposed once at the end). Returns C-contiguous float32 (n, k) and the zero-row count.
+    """
+    axis = 0 if classes_first else 1
+    sums = q.sum(axis=axis, dtype=np.float64)
+    zero = sums <= 0
+    n_zero = int(zero.sum())
+    if n_zero:
+        warnings.warn(f"{name}: {n_zero} rows had all one-vs-rest probabilities 0; returned uniform 1/k for them.",
+                      UserWarning, stacklevel=3)
+        if classes_first:
+            q[:, zero] = 1.0
+        else:
+            q[zero] = 1.0
+        sums[zero] = q.shape[axis]
+    inv = (1.0 / sums).astype(q.dtype)
+    if classes_first:
+        q *= inv[None, :]
+        return np.ascontiguousarray(q.T, dtype=np.float32), n_zero
+    q *= inv[:, None]
+    return np.ascontiguousarray(q, dtype=np.float32), n_zero
+
+
+def top_label_apply(probs, new_top):
+    """Set each row's top probability to ``new_top`` and rescale the others to sum to ``1 - new_top``."""
+    p = probs.astype(np.float64)
+    n, k = p.shape
+    top = p.argmax(axis=1)
+    rows = np.arange(n)
+    m = p[rows, top]
+    p[rows, top] = 0.0
+    second = p.max(axis=1)
+    rest = p.sum(axis=1)  # the others' mass, summed (1 - m loses it to float32 rounding when m ~ 1)
+    p[rows, top] = m
+    # floor the new top at the largest other rescaled probability: t >= o (1 - t) / rest  <=>  t >= o / (rest + o)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        floor = np.where(rest > 0, second / (rest + second), 0.0)
+    t = np.maximum(np.asarray(new_top, dtype=np.float64), floor)
+    t = np.minimum(t, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(rest > 0, (1.0 - t) / rest, 0.0)
+    out = p * scale[:, None]
+    degenerate = rest <= 0  # all mass on the top class: share 1 - t uniformly among the others
+    if degenerate.any():
+        out[degenerate] = ((1.0 - t[degenerate]) / (k - 1))[:, None]
+    out[rows, top] = t
+    return out.astype(np.float32)
+
+
+class IsotonicCalibration(Calibrator):
+    """Isotonic regression on softmax probabilities, one-vs-rest (renormalised) or top-label.
+
+    Zadrozny & Elkan, "Transforming classifier scores into accurate multiclass probability estimates",
+    KDD 2002; top-label form: Gupta & Ramdas, "Top-label calibration and multiclass-to-binary
+    reductions", ICLR 2022.
+
+    Parameters
+    ----------
+    multiclass : {"ovr", "top_label"}, default "ovr"
+
+    Attributes
+    ----------
+    knots_x_, knots_y_ : ndarray (m, L)
+        Padded knots of the fitted maps (m = k for "ovr", 1 for "top_label"); NaN beyond ``knot_counts_``.
+    knot_counts_ : ndarray (m,)
+
+    Examples
+    --------
+    >>> from calib.datasets import synthetic
+    >>> d = synthetic(n=2000, n_classes=4, temperature=2.0, seed=0)
+    >>> iso = IsotonicCalibration().fit(d.logits, d.labels)
+    >>> bool(abs(iso.predict_proba(d.logits).sum(axis=1) - 1).max() < 1e-5)
+    True
+    """
+
+    kind = "isotonic"
+
+    def __init__(self, *, multiclass="ovr"):
+        self.multiclass = check_choice(multiclass, "multiclass", ("ovr", "top_label"))
+
+    def _fit(self, logits, labels):
+        p = softmax(logits)
+        if self.multiclass == "ovr":
+            kx, ky = fit_isotonic_columns(np.ascontiguousarray(p.T), labels)
+        else:
+            top = p.argmax(axis=1)
+            conf = p[np.arange(p.shape[0]), top][None, :]
+            kx, ky = fit_isotonic_columns(conf, (top == labels).astype(np.float64)[None, :])
+        self.knots_x_, self.knot_counts_ = pad_ragged(kx)
+        self.knots_y_, _ = pad_ragged(ky)
+
+    def _predict_proba(self, logits):
+        p = softmax(logits)
+        if self.multiclass == "ovr":
+            q = interp_rows(np.ascontiguousarray(p.T), self.knots_x_, self.knots_y_, self.knot_counts_,
+                            dtype=np.float32)
+            out, self.n_zero_rows_ = renormalise(q, name="IsotonicCalibration", classes_first=True)
+            return out
+        conf = p.max(axis=1)[None, :]
+        new = interp_rows(conf, self.knots_x_, self.knots_y_, self.knot_counts_)[0]
+        return top_label_apply(p, new)
+
+    def _get_state(self):
+        return {}, {"knots_x": self.knots_x_, "knots_y": self.knots_y_, "knot_counts": self.knot_counts_}
+
+    def _set_state(self, state, arrays):
+        self.knots_x_ = np.asarray(arrays["knots_x"], dtype=np.float64)
+        self.knots_y_ = np.asarray(arrays["knots_y"], dtype=np.float64)
+        self.knot_counts_ = np.asarray(arrays["knot_counts"], dtype=np.int64)
