@@ -1,0 +1,333 @@
+"""Sweep results: collect every run of a Hydra multirun folder into one tidy table, a summary and a figure.
+
+Used by ``experiments/aggregate.py``. Reads each run's ``metrics.json`` and ``.hydra/overrides.yaml`` (plus
+``.hydra/hydra.yaml`` for the group choices and ``.hydra/config.yaml`` for the seed) and writes:
+
+* ``results.csv``: one row per run x split x metric (columns ``run``, one per override key, ``seed``,
+  ``split``, ``metric``, ``value``). Splits are the sections of metrics.json: ``uncalibrated``,
+  ``calibrated``, ``calibrator`` (fitted scalars), conformal/policy sections when present, ``info``.
+* ``summary.md``: per configuration (the overrides except ``seed``), mean ± sample std over seeds of each
+  section's scalar metrics (list entries and nested values are in results.csv only).
+* ``summary.png``: calibrated ECE and NLL per configuration (error bars: std over seeds), uncalibrated marked.
+* ``published.md``: our numbers beside published ones (a YAML table such as ``conf/published/kull2019.yaml``),
+  with deltas.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLIT_ORDER = ("uncalibrated", "calibrated")
+_SKIP_SECTIONS = ("data_fingerprint",)
+_MAX_LIST = 20  # lists of scalars up to this length are indexed as metric[i]; longer ones (per class) skipped
+
+
+def _load_yaml(path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _parse_override(text):
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _flatten(prefix, value, out):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, (int, float)):
+        out[prefix] = float(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    elif isinstance(value, list) and len(value) <= _MAX_LIST:
+        for i, item in enumerate(value):
+            if isinstance(item, (int, float)) and not isinstance(item, bool):
+                out[f"{prefix}[{i}]"] = float(item)
+
+
+def metric_sections(metrics):
+    """``{split: {metric: value}}`` from a metrics.json dict (numeric leaves only, nested keys dotted)."""
+    sections = defaultdict(dict)
+    for key, value in metrics.items():
+        if key in _SKIP_SECTIONS:
+            continue
+        if isinstance(value, dict):
+            _flatten("", value, sections[key])
+        else:
+            _flatten(key, value, sections["info"])
+    return {k: v for k, v in sections.items() if v}
+
+
+def find_runs(sweep_dir):
+    """Every run folder under ``sweep_dir``: it holds metrics.json and .hydra/overrides.yaml."""
+    sweep_dir = Path(sweep_dir)
+    runs = sorted(p.parent for p in sweep_dir.rglob("metrics.json")
+                  if (p.parent / ".hydra" / "overrides.yaml").is_file())
+    return runs
+
+
+def load_run(run_dir, sweep_dir):
+    """One run as a dict: run, overrides (key -> value), choices (group -> option), seed, metrics."""
+    hydra_dir = run_dir / ".hydra"
+    overrides = dict(_parse_override(o) for o in _load_yaml(hydra_dir / "overrides.yaml"))
+    choices = {}
+    if (hydra_dir / "hydra.yaml").is_file():
+        choices = _load_yaml(hydra_dir / "hydra.yaml")["hydra"]["runtime"]["choices"] or {}
+    config = _load_yaml(hydra_dir / "config.yaml") if (hydra_dir / "config.yaml").is_file() else {}
+    seed = overrides.get("seed", config.get("seed", ""))
+    with open(run_dir / "metrics.json") as fh:
+        metrics = json.load(fh)
+    return {"run": run_dir.relative_to(sweep_dir).as_posix(), "overrides": overrides, "choices": choices,
+            "config": config, "seed": str(seed), "metrics": metrics}
+
+
+def _fill(run, key):
+    if key in run["overrides"]:
+        return run["overrides"][key]
+    if key in run["choices"] and run["choices"][key] is not None:
+        return str(run["choices"][key])
+    node = run["config"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return ""
+        node = node[part]
+    return json.dumps(node) if isinstance(node, (dict, list)) else str(node)
+
+
+def override_columns(runs):
+    """Override keys over all runs (minus seed, which has its own column), in first-seen order."""
+    keys = []
+    for run in runs:
+        for key in run["overrides"]:
+            if key != "seed" and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def tidy_rows(runs):
+    """Rows of results.csv: run, <override keys>, seed, split, metric, value."""
+    columns = override_columns(runs)
+    rows = []
+    for run in runs:
+        base = {"run": run["run"], **{k: _fill(run, k) for k in columns}, "seed": run["seed"]}
+        for split, values in metric_sections(run["metrics"]).items():
+            for metric, value in values.items():
+                rows.append({**base, "split": split, "metric": metric, "value": value})
+    return ["run", *columns, "seed", "split", "metric", "value"], rows
+
+
+def write_csv(header, rows):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "value": repr(row["value"])})
+    return buf.getvalue()
+
+
+def _config_key(row, columns):
+    return tuple((k, row[k]) for k in columns if k not in ("experiment",))
+
+
+def _label(key, fixed=()):
+    return ", ".join(f"{k}={v}" for k, v in key if k not in fixed) or "(defaults)"
+
+
+def _fixed_keys(configs):
+    """Override keys with one value over all configurations (shown once, not on every row)."""
+    if len(configs) < 2:
+        return set()
+    values = {}
+    for config in configs:
+        for k, v in config:
+            values.setdefault(k, set()).add(v)
+    return {k for k, vs in values.items() if len(vs) == 1 and all(k in dict(c) for c in configs)}
+
+
+def group_over_seeds(header, rows):
+    """``{(config key, split, metric): [values over seeds]}`` in row order."""
+    columns = header[1:header.index("seed")]
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(_config_key(row, columns), row["split"], row["metric"])].append(row["value"])
+    return groups
+
+
+def _mean_std(values):
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else math.nan), int(a.size)
+
+
+def _fmt(mean, std):
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _is_scalar_name(metric):
+    return "[" not in metric and "." not in metric
+
+
+def summary_markdown(header, rows):
+    """One markdown table per split: rows = configurations, cells = mean ± std over seeds.
+
+    Only a section's own scalars are shown (not list entries ``x[i]`` or nested ``a.b`` values, e.g. per-class
+    coverages or bootstrap intervals); results.csv has them all.
+    """
+    groups = {k: v for k, v in group_over_seeds(header, rows).items() if _is_scalar_name(k[2])}
+    splits = [s for s in SPLIT_ORDER if any(g[1] == s for g in groups)]
+    splits += sorted({g[1] for g in groups} - set(splits) - {"info"})
+    lines = [f"# Sweep summary: mean ± std over seeds ({len({r['run'] for r in rows})} runs)", ""]
+    all_configs = list(dict.fromkeys(g[0] for g in groups))
+    fixed = _fixed_keys(all_configs)
+    if fixed:
+        lines += ["All runs: " + ", ".join(f"{k}={v}" for k, v in all_configs[0] if k in fixed), ""]
+    for split in splits:
+        metrics = list(dict.fromkeys(g[2] for g in groups if g[1] == split))
+        configs = list(dict.fromkeys(g[0] for g in groups if g[1] == split))
+        lines += [f"## {split}", "", "| configuration | seeds | " + " | ".join(metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        for config in configs:
+            cells, n_seeds = [], 0
+            for metric in metrics:
+                values = groups.get((config, split, metric))
+                if values is None:
+                    cells.append("")
+                    continue
+                mean, std, n = _mean_std(values)
+                n_seeds = max(n_seeds, n)
+                cells.append(_fmt(mean, std))
+            lines.append(f"| {_label(config, fixed)} | {n_seeds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary_figure(header, rows, path):
+    """Calibrated ECE and NLL per configuration (mean ± std over seeds), uncalibrated as open circles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = group_over_seeds(header, rows)
+    configs = list(dict.fromkeys(g[0] for g in groups if g[1] == "calibrated"))
+    metrics = [m for m in ("ece", "nll") if any(g[2] == m and g[1] == "calibrated" for g in groups)]
+    if not configs or not metrics:
+        return None
+    fixed = _fixed_keys(configs)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(configs) + 1.5), squeeze=False,
+                             layout="constrained")
+    if fixed:
+        fig.suptitle("All runs: " + ", ".join(f"{k}={v}" for k, v in configs[0] if k in fixed), fontsize=8)
+    y = np.arange(len(configs))
+    for ax, metric in zip(axes[0], metrics):
+        stats = [_mean_std(groups[(c, "calibrated", metric)]) for c in configs]
+        means = [s[0] for s in stats]
+        errs = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
+        ax.barh(y, means, xerr=errs, color="tab:blue", alpha=0.8, label="calibrated")
+        before = [groups.get((c, "uncalibrated", metric)) for c in configs]
+        if all(b is not None for b in before):
+            ax.plot([_mean_std(b)[0] for b in before], y, "o", mfc="none", color="tab:red", label="uncalibrated")
+        ax.set_yticks(y, [_label(c, fixed) for c in configs], fontsize=7)
+        ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
+        ax.invert_yaxis()
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- published comparison -------------------------------------------------------------------------------
+
+def _derived(section, n_classes):
+    out = dict(section)
+    if "accuracy" in section:
+        out["error_pct"] = 100.0 * (1.0 - section["accuracy"])
+    if "brier" in section and n_classes:
+        out["brier_per_entry"] = section["brier"] / n_classes
+    return out
+
+
+def published_comparison(runs, published):
+    """Rows (dataset, method, metric, ours, published, delta, n_runs) for every published value we can match.
+
+    ``ours`` is the mean over the matching runs (data option x calibrator option; ``Uncalibrated`` uses the
+    uncalibrated section of every run on that dataset).
+    """
+    methods = published["methods"]
+    ours = defaultdict(lambda: defaultdict(list))  # (dataset, method) -> metric -> values
+    for run in runs:
+        data, calibrator = run["choices"].get("data"), run["choices"].get("calibrator")
+        if data not in published["results"]:
+            continue
+        n_classes = run["metrics"].get("n_classes")
+        for split, method in (("uncalibrated", methods.get("uncalibrated")), ("calibrated", methods.get(calibrator))):
+            if method is None or split not in run["metrics"]:
+                continue
+            for metric, value in _derived(run["metrics"][split], n_classes).items():
+                ours[(data, method)][metric].append(value)
+    rows = []
+    for dataset, table in published["results"].items():
+        for method, values in table.items():
+            found = ours.get((dataset, method))
+            if not found:
+                continue
+            for metric, pub in values.items():
+                if metric in found:
+                    mean = float(np.mean(found[metric]))
+                    rows.append((dataset, method, metric, mean, float(pub), mean - float(pub), len(found[metric])))
+    return rows
+
+
+def published_markdown(rows, source):
+    lines = [f"# Ours vs published ({source})", "",
+             "| dataset | method | metric | ours | published | delta (ours - published) | runs |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset, method, metric, ours, pub, delta, n in rows:
+        lines.append(f"| {dataset} | {method} | {metric} | {ours:.6f} | {pub:.6f} | {delta:+.6f} | {n} |")
+    if not rows:
+        lines.append("| (no run matches a published dataset x method) | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate(sweep_dir, out_dir=None, *, published=None, figure=True, published_presets=None):
+    """Write results.csv, summary.md, summary.png (and published.md) for ``sweep_dir``; return their texts.
+
+    ``published``: a YAML file of published numbers to compare with; when None, the file that
+    ``published_presets`` (experiment preset name -> YAML path) names for the sweep's preset, if any.
+    """
+    from calib._atomic import write_text_atomic
+
+    sweep_dir = Path(sweep_dir)
+    out_dir = Path(out_dir) if out_dir is not None else sweep_dir
+    run_dirs = find_runs(sweep_dir)
+    if not run_dirs:
+        raise ValueError(f"Expected run folders (metrics.json + .hydra/overrides.yaml) under {str(sweep_dir)!r}, "
+                         "found none.")
+    runs = [load_run(d, sweep_dir) for d in run_dirs]
+    header, rows = tidy_rows(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"n_runs": len(runs), "csv": write_csv(header, rows), "summary": summary_markdown(header, rows)}
+    write_text_atomic(out_dir / "results.csv", result["csv"])
+    write_text_atomic(out_dir / "summary.md", result["summary"])
+    if figure:
+        result["figure"] = summary_figure(header, rows, out_dir / "summary.png")
+    if published is None:
+        presets = {run["choices"].get("experiment") for run in runs}
+        table_of = published_presets or {}
+        published = next((table_of[p] for p in presets if p in table_of), None)
+    if published:
+        table = _load_yaml(published)
+        result["published"] = published_markdown(published_comparison(runs, table), table.get("source", published))
+        write_text_atomic(out_dir / "published.md", result["published"])
+    return result
