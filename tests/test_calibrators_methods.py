@@ -278,3 +278,13 @@ def test_top_label_rows_sum_to_one_when_top_probability_rounds_to_one(cls):
     q = cls(multiclass="top_label").fit(cal.logits, cal.labels).predict_proba(test.logits)
     assert (softmax(test.logits).max(1) > 1 - 1e-6).any()
     np.testing.assert_allclose(q.sum(axis=1, dtype=np.float64), 1.0, atol=1e-6)
+
+
+def test_netcal_rows_mapped_to_zero_become_uniform():
+    """netcal's ENIR can map every class of a row to 0 (seen on c10_convnet_kull): uniform, with a warning."""
+    from calib.calibrators.netcal_adapter import NetcalCalibrator
+
+    q = np.array([[0.0, 0.0, 0.0], [0.2, 0.2, 0.6]])
+    with pytest.warns(UserWarning, match="1 rows were mapped to all-zero"):
+        out = NetcalCalibrator._output(q, 3)
+    assert np.array_equal(out[0], np.full(3, 1 / 3)) and np.allclose(out[1], [0.2, 0.2, 0.6])

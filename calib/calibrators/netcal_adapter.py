@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import numbers
+import warnings
 
 import numpy as np
 
@@ -123,7 +124,16 @@ class NetcalCalibrator(Calibrator):
         if k == 2 and q.ndim == 1:
             q = np.column_stack([1.0 - q, q])
         q = q.reshape(-1, k)
-        return q / q.sum(axis=1, keepdims=True)
+        total = q.sum(axis=1, keepdims=True)
+        # Some netcal methods (ENIR, BBQ one-vs-rest) can map every class of a row to 0: such rows become
+        # uniform, as for one-vs-rest isotonic calibration.
+        empty = ~(total[:, 0] > 0)
+        if empty.any():
+            warnings.warn(f"{int(empty.sum())} rows were mapped to all-zero probabilities by netcal; "
+                          "they are returned as uniform 1/k.", UserWarning, stacklevel=4)
+            q[empty] = 1.0
+            total[empty] = k
+        return q / total
 
     def _fit(self, logits, labels):
         model = self._netcal_class()(**self.method_kwargs)
