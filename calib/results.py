@@ -289,6 +289,34 @@ def published_comparison(runs, published):
     return rows
 
 
+def pivot_markdown(rows, *, row_key, col_key, split="calibrated", metrics=("nll", "ece", "classwise_ece", "brier")):
+    """One markdown table: a row per ``row_key`` value, a column per (``col_key`` value, metric).
+
+    Cells are means over seeds (and any other override) of ``split``'s metric; ``-`` when no run has it.
+
+    >>> rows = [{"calibrator": "ts", "data": "a", "split": "calibrated", "metric": "nll", "value": 0.5}]
+    >>> print(pivot_markdown(rows, row_key="calibrator", col_key="data", metrics=("nll",)))
+    | calibrator | a nll |
+    |---|---|
+    | ts | 0.5000 |
+    """
+    cells = defaultdict(list)
+    for row in rows:
+        if row.get("split") == split and row.get("metric") in metrics:
+            cells[(row.get(row_key, ""), row.get(col_key, ""), row["metric"])].append(row["value"])
+    if not cells:
+        raise ValueError(f"Expected runs with overrides {row_key!r} and {col_key!r} and {split!r} metrics "
+                         f"{list(metrics)}, found none.")
+    row_values = sorted({k[0] for k in cells})
+    col_values = sorted({k[1] for k in cells})
+    header = [f"{c} {m}" for c in col_values for m in metrics]
+    lines = ["| " + " | ".join([row_key, *header]) + " |", "|" + "---|" * (len(header) + 1)]
+    for r in row_values:
+        vals = [cells.get((r, c, m)) for c in col_values for m in metrics]
+        lines.append("| " + " | ".join([r, *("-" if v is None else f"{np.mean(v):.4f}" for v in vals)]) + " |")
+    return "\n".join(lines)
+
+
 def published_markdown(rows, source):
     lines = [f"# Ours vs published ({source})", "",
              "| dataset | method | metric | ours | published | delta (ours - published) | runs |",
@@ -300,11 +328,13 @@ def published_markdown(rows, source):
     return "\n".join(lines) + "\n"
 
 
-def aggregate(sweep_dir, out_dir=None, *, published=None, figure=True, published_presets=None):
+def aggregate(sweep_dir, out_dir=None, *, published=None, figure=True, published_presets=None, pivot=None):
     """Write results.csv, summary.md, summary.png (and published.md) for ``sweep_dir``; return their texts.
 
     ``published``: a YAML file of published numbers to compare with; when None, the file that
     ``published_presets`` (experiment preset name -> YAML path) names for the sweep's preset, if any.
+    ``pivot``: ``(row_key, col_key)`` adds ``pivot.md``, one table of calibrated test metrics (see
+    :func:`pivot_markdown`).
     """
     from calib._atomic import write_text_atomic
 
@@ -322,6 +352,9 @@ def aggregate(sweep_dir, out_dir=None, *, published=None, figure=True, published
     write_text_atomic(out_dir / "summary.md", result["summary"])
     if figure:
         result["figure"] = summary_figure(header, rows, out_dir / "summary.png")
+    if pivot is not None:
+        result["pivot"] = pivot_markdown(rows, row_key=pivot[0], col_key=pivot[1]) + "\n"
+        write_text_atomic(out_dir / "pivot.md", result["pivot"])
     if published is None:
         presets = {run["choices"].get("experiment") for run in runs}
         table_of = published_presets or {}

@@ -41,15 +41,21 @@ def main(argv=None):
                         help=f"compare with published numbers (default file: {DEFAULT_PUBLISHED.relative_to(REPO)}); "
                              "automatic for experiment=kull2019")
     parser.add_argument("--no-figure", action="store_true", help="skip summary.png")
+    parser.add_argument("--pivot", metavar="ROW,COL", default=None,
+                        help="also write pivot.md: calibrated test NLL / ECE / classwise-ECE / Brier, a row per ROW "
+                             "override value and columns per COL value (e.g. --pivot calibrator,data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
         result = aggregate(args.sweep_dir, args.out, published=args.published, figure=not args.no_figure,
-                           published_presets=PUBLISHED_PRESETS)
+                           published_presets=PUBLISHED_PRESETS,
+                           pivot=None if args.pivot is None else tuple(args.pivot.split(",", 1)))
     except (ValueError, FileNotFoundError) as err:
         print(f"aggregate.py: {err}", file=sys.stderr)
         return 2
     print(result["summary"])
+    if "pivot" in result:
+        print(result["pivot"])
     if "published" in result:
         print(result["published"])
     out = args.out if args.out is not None else args.sweep_dir
