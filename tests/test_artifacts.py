@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,23 @@ def test_artifact_bytes_are_deterministic_except_timestamp(tmp_path, fitted):
     for m in (ma, mb):
         m.pop("created_utc"), m.pop("manifest_sha256")
     assert ma == mb
+
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "artifact_v1"
+
+
+def test_schema_v1_fixture_loads_forever():
+    """A committed schema-v1 artifact (temperature + LAC conformal): every future calib must load it and
+    apply it exactly as written; the expected outputs come from scipy's softmax, not from calib."""
+    from scipy.special import softmax as scipy_softmax
+
+    from calib.artifacts import load_pipeline
+
+    pipe = load_pipeline(FIXTURE_V1)
+    assert read_manifest(FIXTURE_V1)["class_names"] == ["a", "b", "c", "d"]
+    t, qhat = 1.5392529929428311, 0.8634919226169586  # as written in the fixture's manifest.json
+    x = np.array([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0], [5.0, -3.0, 4.5, 1.0]])
+    expected = scipy_softmax(x / t, axis=1)
+    np.testing.assert_allclose(pipe["calibrator"].predict_proba(x), expected, rtol=1e-12)
+    sets = pipe["conformal"].predict_set(expected)
+    assert np.array_equal(sets, expected >= 1 - qhat)  # LAC: class j is in the set iff 1 - p_j <= qhat
