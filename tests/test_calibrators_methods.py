@@ -288,3 +288,17 @@ def test_netcal_rows_mapped_to_zero_become_uniform():
     with pytest.warns(UserWarning, match="1 rows were mapped to all-zero"):
         out = NetcalCalibrator._output(q, 3)
     assert np.array_equal(out[0], np.full(3, 1 / 3)) and np.allclose(out[1], [0.2, 0.2, 0.6])
+
+
+def test_isotonic_output_does_not_depend_on_thread_count(monkeypatch):
+    from calib.calibrators import IsotonicCalibration
+    from calib.datasets import synthetic
+
+    d = synthetic(n=3000, n_classes=200, temperature=2.0, seed=5)
+    out = []
+    for threads in ("1", "4"):
+        monkeypatch.setenv("CALIB_NUM_THREADS", threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # some of the 200 classes are absent: expected
+            out.append(IsotonicCalibration().fit(d.logits, d.labels).predict_proba(d.logits))
+    assert np.array_equal(out[0], out[1])

@@ -11,9 +11,12 @@ the last ``predict_proba`` call, with a warning).
 top probability is floored so that it stays at least the largest other probability (argmax kept, up to
 ties).
 
-All classes are fitted at once (one sort per class chunk, one PAV pass: see
-:mod:`calib.calibrators._segmented`); the output equals scikit-learn's
-``IsotonicRegression(out_of_bounds="clip")`` one-vs-rest plus renormalisation.
+All classes are fitted at once: the columns are sorted (SIMD sort on a class-major float32 copy), and
+since every PAV block of a 0/1 target sequence starts with a 1 and ends with a 0, each run of negatives
+between two positives is one weighted point, so one PAV pass runs on about 2 n points instead of n k
+(:func:`calib.calibrators._segmented.fit_isotonic_ovr`). The maps are applied through per-class
+lookup tables on the float32 bit pattern (:func:`calib.calibrators._segmented.interp_rows_f32`). The output
+equals scikit-learn's ``IsotonicRegression(out_of_bounds="clip")`` one-vs-rest plus renormalisation.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import warnings
 import numpy as np
 
 from calib._validation import check_choice
-from calib.calibrators._segmented import fit_isotonic_columns, interp_rows, pad_ragged
+from calib.calibrators._segmented import (fit_isotonic_columns, fit_isotonic_ovr, interp_rows, interp_rows_f32,
+                                          pad_ragged, transpose)
 from calib.calibrators.base import Calibrator, softmax
 
 __all__ = ["IsotonicCalibration", "renormalise", "top_label_apply"]
@@ -50,7 +54,7 @@ def renormalise(q, *, name="calibrator", classes_first=False):
     inv = (1.0 / sums).astype(q.dtype)
     if classes_first:
         q *= inv[None, :]
-        return np.ascontiguousarray(q.T, dtype=np.float32), n_zero
+        return transpose(q.astype(np.float32, copy=False)), n_zero
     q *= inv[:, None]
     return np.ascontiguousarray(q, dtype=np.float32), n_zero
 
@@ -114,7 +118,9 @@ class IsotonicCalibration(Calibrator):
 
     def _fit(self, logits, labels):
         p = softmax(logits)
-        if self.multiclass == "ovr":
+        if self.multiclass == "ovr" and p.dtype == np.float32:
+            kx, ky = fit_isotonic_ovr(p, labels)
+        elif self.multiclass == "ovr":
             kx, ky = fit_isotonic_columns(np.ascontiguousarray(p.T), labels)
         else:
             top = p.argmax(axis=1)
@@ -126,8 +132,7 @@ class IsotonicCalibration(Calibrator):
     def _predict_proba(self, logits):
         p = softmax(logits)
         if self.multiclass == "ovr":
-            q = interp_rows(np.ascontiguousarray(p.T), self.knots_x_, self.knots_y_, self.knot_counts_,
-                            dtype=np.float32)
+            q = interp_rows_f32(transpose(p), self.knots_x_, self.knots_y_, self.knot_counts_)
             out, self.n_zero_rows_ = renormalise(q, name="IsotonicCalibration", classes_first=True)
             return out
         conf = p.max(axis=1)[None, :]
