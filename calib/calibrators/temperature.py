@@ -97,30 +97,31 @@ def nll_derivatives(logits, labels, beta, *, order=3, chunk_rows=None):
     rows = chunk_rows or _chunk_rows(k)
     work_d = np.empty((min(rows, n), k), dtype=x.dtype)
     work_e = np.empty_like(work_d)
+    work_w = np.empty_like(work_d)
     b = x.dtype.type(beta)
     totals = np.zeros(4)
     for start in range(0, n, rows):
         chunk = x[start:start + rows]
         m = chunk.shape[0]
-        d, e = work_d[:m], work_e[:m]
+        d, e, w = work_d[:m], work_e[:m], work_w[:m]
         np.subtract(chunk, chunk.max(axis=1, keepdims=True), out=d)
         dy = np.take_along_axis(d, y[start:start + m, None], axis=1)[:, 0].astype(np.float64)
         np.multiply(d, b, out=e)
         np.exp(e, out=e)
-        s0 = e.sum(axis=1, dtype=np.float64) if x.dtype == np.float64 else e.sum(axis=1).astype(np.float64)
-        moments = []
-        for _ in range(order):
-            e *= d
-            moments.append(e.sum(axis=1).astype(np.float64) / s0)
+        # Row sums S_j = sum_c e d^j by einsum (SIMD, no temporaries); per-row values then go to float64.
+        s0 = np.einsum("ij->i", e).astype(np.float64)
         totals[0] += np.sum(np.log(s0) - beta * dy)
         if order >= 1:
-            mu = moments[0]
+            np.multiply(e, d, out=w)
+            mu = np.einsum("ij->i", w).astype(np.float64) / s0
             totals[1] += np.sum(mu - dy)
         if order >= 2:
-            var = moments[1] - mu * mu
-            totals[2] += np.sum(var)
+            m2 = np.einsum("ij,ij->i", w, d).astype(np.float64) / s0
+            totals[2] += np.sum(m2 - mu * mu)
         if order >= 3:
-            totals[3] += np.sum(moments[2] - 3.0 * mu * moments[1] + 2.0 * mu ** 3)
+            w *= d
+            m3 = np.einsum("ij,ij->i", w, d).astype(np.float64) / s0
+            totals[3] += np.sum(m3 - 3.0 * mu * m2 + 2.0 * mu ** 3)
     out = totals / n
     out[order + 1:] = np.nan
     return tuple(float(v) for v in out)
