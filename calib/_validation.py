@@ -75,11 +75,13 @@ def check_logits(logits, name="logits", *, n_classes=None):
     return x
 
 
-def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax=False):
+def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax=False, on_chunk=None):
     """Validate probabilities: shape (n, k), finite, entries >= 0, rows summing to 1 within ``atol``.
 
     One chunked pass computes the row sums, the minimum and (with ``return_argmax``) each row's argmax,
-    so validating costs about one read of the array. Returns ``p`` or ``(p, argmax)``.
+    so validating costs about one read of the array. ``on_chunk(start, block)``, when given, is called on
+    each chunk while it is in cache, so a caller can fuse its own work into the same pass (its results are
+    discarded by the caller if validation then fails). Returns ``p`` or ``(p, argmax)``.
     """
     p = as_array(probs, name)
     if p.ndim != 2 or p.shape[1] < 2 or p.shape[0] == 0:
@@ -101,6 +103,8 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
         lo = np.minimum(lo, block.min())
         if return_argmax:
             argmax[start:start + rows] = block.argmax(axis=1)
+        if on_chunk is not None:
+            on_chunk(start, block)
     if not np.isfinite(row_sums).all():
         bad = np.flatnonzero(~np.isfinite(row_sums))
         raise ValueError(f"Expected finite {name}, got NaN/inf entries (first rows: {bad[:5].tolist()}).")

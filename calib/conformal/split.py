@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from calib._validation import check_choice, check_fraction, check_labels, check_probs
+from calib._validation import as_array, check_choice, check_fraction, check_labels, check_probs
 from calib.calibrators.base import NotFittedError
 from calib.conformal import scores as _scores
 from calib.conformal.quantile import conformal_quantile, conformal_rank
@@ -328,9 +328,29 @@ class SplitConformal(ConformalBase):
 
     def predict_set(self, probs, groups=None):
         """Boolean sets: (n, k) for one alpha, (n, k, n_alphas) for a list; ``groups`` is ignored."""
-        p = self._check_predict_probs(probs)
-        out = self._sets_fast(p)
+        if self.score == "lac" and not callable(self.score):
+            out = self._lac_sets_checked(probs)
+        else:
+            out = self._sets_fast(self._check_predict_probs(probs))
         return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
+
+    def _lac_sets_checked(self, probs):
+        """LAC sets computed inside the validation pass (one read of ``probs``): ``p >= v(qhat)``."""
+        self._check_fitted()
+        p = as_array(probs, "probs")
+        if p.ndim != 2 or p.dtype not in (np.float32, np.float64):
+            return self._sets_fast(self._check_predict_probs(p))
+        q = np.atleast_1d(np.asarray(self.qhat_, dtype=np.float64))
+        t = np.array([_scores.lac_prob_threshold(v, p.dtype) for v in q])
+        t = t.astype(p.dtype) if np.isfinite(t).all() else t
+        out = np.empty((p.shape[0], p.shape[1], q.size), dtype=bool)
+
+        def compare(start, block):
+            for j in range(q.size):  # one 2-D comparison per alpha
+                np.greater_equal(block, t[j], out=out[start:start + block.shape[0], :, j])
+
+        check_probs(p, "probs", n_classes=self.n_classes_, on_chunk=compare)
+        return out
 
     def get_state(self):
         self._check_fitted()
