@@ -16,10 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import time
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_of  # noqa: E402
 
 
 def make_data(n, k, seed=0):
@@ -30,12 +34,7 @@ def make_data(n, k, seed=0):
 
 
 def timed(fn, repeat=1):
-    best, out = np.inf, None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+    return best_of(fn, repeat)
 
 
 @contextlib.contextmanager
