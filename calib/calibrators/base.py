@@ -13,7 +13,7 @@ import numpy as np
 
 from calib._validation import check_logits
 
-__all__ = ["Calibrator", "NotFittedError", "softmax"]
+__all__ = ["Calibrator", "NotFittedError", "softmax", "constructor_params"]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -72,8 +72,7 @@ class Calibrator:
 
     def get_params(self) -> dict:
         """Constructor arguments, JSON-serialisable (what ``__init__`` was called with)."""
-        sig = inspect.signature(type(self).__init__)
-        return {name: _jsonable(getattr(self, name)) for name in sig.parameters if name != "self"}
+        return constructor_params(self)
 
     def get_state(self):
         """Fitted state as ``(scalars: dict, arrays: dict[str, ndarray])``; both empty for stateless ones."""
@@ -114,9 +113,18 @@ class Calibrator:
         return f"{type(self).__name__}({args})"
 
 
+def constructor_params(obj) -> dict:
+    """``{name: value}`` of every ``__init__`` argument, read from the attribute of the same name, as JSON
+    types (tuples become lists, numpy scalars Python scalars). Shared by every artifact component."""
+    sig = inspect.signature(type(obj).__init__)
+    return {name: _jsonable(getattr(obj, name)) for name in sig.parameters if name != "self"}
+
+
 def _jsonable(value):
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
     return value

@@ -174,23 +174,16 @@ class MondrianConformal(ConformalBase):
         return np.asarray(labels)
 
     def get_state(self):
-        self._check_fitted()
-        state = {"n_classes": self.n_classes_, "n_calibration": self.n_calibration_}
+        state = self._common_state()
         arrays = {"qhat": np.asarray(self.qhat_, dtype=np.float64),
                   "stratum_sizes": self.stratum_sizes_, "small_strata": self.small_strata_.astype(np.int64)}
         if self.condition == "group":
             arrays["groups"] = self.groups_
-        if self.score == "raps":
-            state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
         return state, arrays
 
     @classmethod
     def from_state(cls, params, state, arrays):
-        obj = cls(**params)
-        obj.n_classes_ = int(state["n_classes"])
-        obj.n_calibration_ = int(state["n_calibration"])
-        if "k_reg" in state:
-            obj.k_reg_, obj.lam_ = int(state["k_reg"]), float(state["lam"])
+        obj = cls._from_common_state(params, state)
         obj.qhat_ = np.asarray(arrays["qhat"], dtype=np.float64)
         obj.stratum_sizes_ = np.asarray(arrays["stratum_sizes"])
         obj.small_strata_ = np.asarray(arrays["small_strata"])

@@ -129,18 +129,11 @@ class ConformalRiskControl(ConformalBase):
         return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
 
     def get_state(self):
-        self._check_fitted()
-        state = {"n_classes": self.n_classes_, "n_calibration": self.n_calibration_, "qhat": _to_json(self.qhat_)}
-        if self.score == "raps":
-            state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
-        return state, {}
+        return {**self._common_state(), "qhat": _to_json(self.qhat_)}, {}
 
     @classmethod
     def from_state(cls, params, state, arrays):
-        obj = cls(**params)
-        obj.n_classes_, obj.n_calibration_ = int(state["n_classes"]), int(state["n_calibration"])
-        if "k_reg" in state:
-            obj.k_reg_, obj.lam_ = int(state["k_reg"]), float(state["lam"])
+        obj = cls._from_common_state(params, state)
         q = _from_json(state["qhat"])
         obj.qhat_ = obj._shape_qhat(np.atleast_1d(np.asarray(q, dtype=np.float64)))
         return obj

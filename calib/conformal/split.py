@@ -188,6 +188,23 @@ class ConformalBase:
                                   **self._score_kwargs())
         return out
 
+    def _common_state(self):
+        """State shared by every predictor: class count, calibration size, tuned RAPS parameters."""
+        self._check_fitted()
+        state = {"n_classes": self.n_classes_, "n_calibration": self.n_calibration_}
+        if self.score == "raps":
+            state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
+        return state
+
+    @classmethod
+    def _from_common_state(cls, params, state):
+        """A new predictor built from ``params`` with the state of :meth:`_common_state` restored."""
+        obj = cls(**params)
+        obj.n_classes_, obj.n_calibration_ = int(state["n_classes"]), int(state["n_calibration"])
+        if "k_reg" in state:
+            obj.k_reg_, obj.lam_ = int(state["k_reg"]), float(state["lam"])
+        return obj
+
     def _check_fitted(self):
         if not hasattr(self, "qhat_"):
             raise NotFittedError(
@@ -353,20 +370,11 @@ class SplitConformal(ConformalBase):
         return out
 
     def get_state(self):
-        self._check_fitted()
-        state = {"n_classes": self.n_classes_, "n_calibration": self.n_calibration_,
-                 "qhat": _to_json(self.qhat_)}
-        if self.score == "raps":
-            state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
-        return state, {}
+        return {**self._common_state(), "qhat": _to_json(self.qhat_)}, {}
 
     @classmethod
     def from_state(cls, params, state, arrays):
-        obj = cls(**params)
-        obj.n_classes_ = int(state["n_classes"])
-        obj.n_calibration_ = int(state["n_calibration"])
-        if "k_reg" in state:
-            obj.k_reg_, obj.lam_ = int(state["k_reg"]), float(state["lam"])
+        obj = cls._from_common_state(params, state)
         obj.qhat_ = obj._shape_qhat(np.asarray(_from_json(state["qhat"]), dtype=np.float64).ravel())
         return obj
 

@@ -15,13 +15,13 @@ the calibration labels; an int: that constant label.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import numbers
 
 import numpy as np
 
 from calib._validation import check_choice, check_fraction, check_labels, check_probs, check_probs_labels
+from calib.calibrators.base import constructor_params
 from calib.policy.costs import as_cost_model
 from calib.policy.guarantees import Guarantee, ltt_threshold
 from calib.selective import SCORES, confidence_scores
@@ -64,16 +64,6 @@ def _check_fallback_mode(value):
     if isinstance(value, str):
         return check_choice(value, "fallback", FALLBACK_MODES)
     raise TypeError(f"Expected fallback as one of {list(FALLBACK_MODES)} or a class index, got {value!r}.")
-
-
-def _jsonable(value):
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    return value
 
 
 class RoutingPolicy:
@@ -125,8 +115,7 @@ class RoutingPolicy:
                 "certified": None}
 
     def get_params(self) -> dict:
-        sig = inspect.signature(type(self).__init__)
-        return {name: _jsonable(getattr(self, name)) for name in sig.parameters if name != "self"}
+        return constructor_params(self)
 
     def get_state(self):
         self._check_fitted()
