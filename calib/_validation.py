@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 
+from calib._threads import map_threads, num_threads
+
 __all__ = [
     "as_array",
     "check_logits",
@@ -23,6 +25,10 @@ __all__ = [
     "check_positive_int",
     "check_choice",
 ]
+
+
+_CHUNK_BYTES = 1 << 20  # rows are scanned in chunks that stay in a core's L2 cache
+_ELEMENTS_PER_THREAD = 1 << 22  # below ~16 MB of float32 per thread, starting threads costs more than it saves
 
 
 def as_array(x, name):
@@ -79,9 +85,11 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
     """Validate probabilities: shape (n, k), finite, entries >= 0, rows summing to 1 within ``atol``.
 
     One chunked pass computes the row sums, the minimum and (with ``return_argmax``) each row's argmax,
-    so validating costs about one read of the array. ``on_chunk(start, block)``, when given, is called on
-    each chunk while it is in cache, so a caller can fuse its own work into the same pass (its results are
-    discarded by the caller if validation then fails). Returns ``p`` or ``(p, argmax)``.
+    so validating costs about one read of the array; large arrays are read by :func:`calib._threads.num_threads`
+    threads, each over its own contiguous rows. ``on_chunk(start, block)``, when given, is called on each
+    chunk while it is in cache, so a caller can fuse its own work into the same pass (it may run on worker
+    threads and must only write rows ``start:start + len(block)``; its results are discarded by the caller
+    if validation then fails). Returns ``p`` or ``(p, argmax)``.
     """
     p = as_array(probs, name)
     if p.ndim != 2 or p.shape[1] < 2 or p.shape[0] == 0:
@@ -93,18 +101,27 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
     if p.dtype not in (np.float32, np.float64):
         p = p.astype(np.float32)
     n, k = p.shape
-    rows = max(16, (1 << 20) // (p.itemsize * k))
+    rows = max(16, _CHUNK_BYTES // (p.itemsize * k))
     row_sums = np.empty(n, dtype=p.dtype)
     argmax = np.empty(n, dtype=np.int64) if return_argmax else None
-    lo = np.inf
-    for start in range(0, n, rows):
-        block = p[start:start + rows]
-        np.einsum("ij->i", block, out=row_sums[start:start + rows])  # SIMD, single-threaded
-        lo = np.minimum(lo, block.min())
-        if return_argmax:
-            argmax[start:start + rows] = block.argmax(axis=1)
-        if on_chunk is not None:
-            on_chunk(start, block)
+
+    def scan(span):  # one worker's contiguous rows, a cache-sized chunk at a time
+        lo = np.inf
+        for start in range(span[0], span[1], rows):
+            stop = min(start + rows, span[1])
+            block = p[start:stop]
+            np.einsum("ij->i", block, out=row_sums[start:stop])  # SIMD reduction
+            lo = min(lo, block.min())
+            if return_argmax:
+                argmax[start:stop] = block.argmax(axis=1)
+            if on_chunk is not None:
+                on_chunk(start, block)
+        return lo
+
+    # The pass is memory-bound; on large inputs a few threads (numpy releases the GIL) read it faster.
+    workers = min(num_threads(), max(1, n * k // _ELEMENTS_PER_THREAD), -(-n // rows))
+    edges = [n * i // workers // rows * rows for i in range(workers)] + [n]
+    lo = min(map_threads(scan, zip(edges[:-1], edges[1:])))
     if not np.isfinite(row_sums).all():
         bad = np.flatnonzero(~np.isfinite(row_sums))
         raise ValueError(f"Expected finite {name}, got NaN/inf entries (first rows: {bad[:5].tolist()}).")

@@ -8,9 +8,9 @@ boundary, so no block ever spans two classes) and one ``np.interp`` then serve e
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from calib._threads import map_threads as _map_threads
 
 __all__ = ["transpose", "fit_isotonic_columns", "fit_isotonic_ovr", "interp_rows", "interp_rows_f32", "pad_ragged"]
 
@@ -388,21 +388,3 @@ def interp_rows_f32(values_t, knots_x, knots_y, lengths):
 
     _map_threads(chunk, range(0, m, 8))
     return out
-
-
-def _map_threads(fn, items):
-    """``list(map(fn, items))`` on a few threads when there is more than one item (numpy's sort, interp and
-    reductions release the GIL; every item writes its own rows, so the result does not depend on timing).
-
-    At most ``min(os.cpu_count(), 4)`` threads; the environment variable ``CALIB_NUM_THREADS`` overrides it
-    (``CALIB_NUM_THREADS=1`` runs everything on the calling thread).
-    """
-    items = list(items)
-    limit = int(os.environ.get("CALIB_NUM_THREADS", "0") or 0) or min(os.cpu_count() or 1, 4)
-    workers = min(len(items), max(limit, 1))
-    if workers <= 1:
-        return [fn(i) for i in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as ex:
-        return list(ex.map(fn, items))

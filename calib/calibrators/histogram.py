@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib._validation import check_choice, check_positive_int
-from calib.calibrators._segmented import _map_threads
+from calib._threads import map_threads as _map_threads
 from calib.calibrators.base import Calibrator, softmax
 from calib.calibrators.isotonic import renormalise, top_label_apply
 
