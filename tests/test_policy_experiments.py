@@ -86,3 +86,69 @@ def test_audit_quick_command_runs(capsys):
     assert audit_policy.main(["--quick", "--n-splits", "100"]) == 0
     out = capsys.readouterr().out
     assert "violations" in out and "cifar10_resnet56" in out
+
+
+# --- calib.policy.compare: the library side of compare.py ---------------------------------------------------
+def _two_models():
+    from calib.datasets import synthetic
+    from calib.io import LogitsData
+
+    a = synthetic(n=4000, n_classes=5, temperature=2.0, seed=3)
+    rng = np.random.default_rng(1)
+    # a weaker model on the same rows and labels: noisier logits
+    b = LogitsData(logits=(a.logits + rng.normal(scale=4.0, size=a.logits.shape)).astype(np.float32),
+                   labels=a.labels, split=a.split)
+    return [("model_a", a), ("model_b", b)]
+
+
+def test_compare_models_rows_and_table():
+    from calib.calibrators import TemperatureScaling
+    from calib.policy import ThresholdPolicy
+    from calib.policy.compare import compare_models, markdown_table
+
+    models = _two_models()
+    result = compare_models(models, TemperatureScaling, {"half": lambda: ThresholdPolicy(target_coverage=0.5)},
+                            n_resamples=50)
+    assert [r["model"] for r in result["rows"]] == ["model_a", "model_b"] and set(result["curves"]) == {"model_a", "model_b"}
+    for (name, data), row in zip(models, result["rows"]):
+        test = data.split == 1
+        # temperature scaling keeps the argmax: accuracy is that of the raw logits
+        assert row["accuracy"] == np.mean(data.logits[test].argmax(1) == data.labels[test])
+        assert row["n_test"] == int(test.sum())
+        rate = row["policies"]["half"]["automation_rate"]
+        lo, hi = row["policies"]["half"]["ci"]["automation_rate"]
+        assert lo <= rate <= hi
+    table = markdown_table(result["rows"], "half", calibrator="TemperatureScaling")
+    body = [line for line in table.splitlines() if line.startswith("| model_")]
+    accs = [float(line.split("|")[2]) for line in body]
+    assert len(body) == 2 and accs == sorted(accs, reverse=True)  # best accuracy first
+    assert "ECE after TemperatureScaling (15 bins)" in table
+
+
+def test_compare_models_bad_input():
+    from calib.calibrators import TemperatureScaling
+    from calib.io import LogitsData
+    from calib.policy.compare import compare_models, markdown_table
+
+    models = _two_models()
+    with pytest.raises(TypeError, match="make_calibrator as a callable"):
+        compare_models(models, TemperatureScaling(), {})
+    with pytest.raises(TypeError, match=r"not callable: \['bad'\]"):
+        compare_models(models, TemperatureScaling, {"bad": 3})
+    with pytest.raises(ValueError, match="at least one"):
+        compare_models([], TemperatureScaling, {})
+    name, a = models[0]
+    shuffled = LogitsData(logits=a.logits, labels=np.roll(a.labels, 1), split=a.split)
+    with pytest.raises(ValueError, match="'other' has test labels different from 'model_a'"):
+        compare_models([models[0], ("other", shuffled)], TemperatureScaling, {})
+    rows = compare_models(models, TemperatureScaling, {})["rows"]
+    with pytest.raises(ValueError, match="Unknown policy 'cost'"):
+        markdown_table(rows, "cost")
+
+
+def test_plot_comparison_short_names():
+    from calib.policy.plots import _short_names
+
+    assert _short_names(["cifar10_resnet20", "cifar10_vgg11_bn"]) == {"cifar10_resnet20": "resnet20",
+                                                                     "cifar10_vgg11_bn": "vgg11_bn"}
+    assert _short_names(["only_one"]) == {"only_one": "only_one"}

@@ -9,7 +9,7 @@ import numpy as np
 from calib.selective import risk_coverage_curve
 
 __all__ = ["RiskCoverageData", "prepare_risk_coverage", "plot_risk_coverage", "FrontierData",
-           "prepare_completion_frontier", "plot_completion_frontier", "plot_slices"]
+           "prepare_completion_frontier", "plot_completion_frontier", "plot_slices", "plot_comparison"]
 
 
 def _axes(ax, size=(4.5, 3.5)):
@@ -113,3 +113,43 @@ def plot_slices(table, *, ax=None, target=None, top=20):
     ax.set_xlabel("silent-failure rate (answered and wrong)")
     ax.tick_params(axis="y", labelsize=7)
     return ax
+
+
+def _short_names(names):
+    """Drop the prefix every name shares up to its last ``_`` (``cifar10_resnet20`` -> ``resnet20``)."""
+    import os
+
+    prefix = os.path.commonprefix(list(names)) if len(names) > 1 else ""
+    cut = prefix.rfind("_") + 1
+    return {n: n[cut:] or n for n in names}
+
+
+def plot_comparison(result, policy_name, *, target_risk=None):
+    """Two panels from :func:`calib.policy.compare.compare_models`: automation rate (with its CI) against
+    accuracy under ``policy_name``, and every model's risk-coverage curve. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    short = _short_names([r["model"] for r in rows])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in rows:
+        m = r["policies"][policy_name]
+        rate, (lo, hi) = m["automation_rate"], m["ci"]["automation_rate"]
+        left.errorbar(100 * r["accuracy"], 100 * rate, yerr=[[100 * (rate - lo)], [100 * (hi - rate)]], fmt="o",
+                      capsize=3)
+        left.annotate(short[r["model"]], (100 * r["accuracy"], 100 * rate), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+    left.set_xlabel("test accuracy (%)")
+    left.set_ylabel(f"automation rate (%) at {policy_name}")
+    left.set_title("share answered automatically at the same target", fontsize=9)
+    for name, rc in result["curves"].items():
+        right.plot(rc.coverage, rc.risk, lw=1, label=short.get(name, name))
+    if target_risk is not None:
+        right.axhline(target_risk, color="k", ls="--", lw=1, label=f"r = {target_risk}")
+    right.set_xlabel("coverage")
+    right.set_ylabel("selective risk")
+    right.set_ylim(0, None)
+    right.legend(fontsize=6, ncol=2)
+    right.set_title("risk-coverage (test, calibrated max-prob)", fontsize=9)
+    fig.tight_layout()
+    return fig
