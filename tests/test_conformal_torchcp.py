@@ -9,30 +9,27 @@ scores are not compared: TorchCP draws one uniform per (row, class), we draw one
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
-import types
 
 import numpy as np
 import pytest
 
 from calib.conformal import SplitConformal
 
+from conftest import REPO
+
 
 def load_torchcp():
-    spec = None if "torchcp" in sys.modules else importlib.util.find_spec("torchcp")
-    if spec is None and "torchcp" not in sys.modules:
-        pytest.skip("torchcp is not installed (pip install --no-deps torchcp)")
-    root = os.path.dirname(spec.origin) if spec else sys.modules["torchcp"].__path__[0]
-    for name, path in (("torchcp", root), ("torchcp.classification", os.path.join(root, "classification"))):
-        if name not in sys.modules:
-            mod = types.ModuleType(name)
-            mod.__path__ = [path]
-            sys.modules[name] = mod
-    from torchcp.classification import predictor, score
-
-    return score, predictor
+    """TorchCP's score and predictor subpackages, loaded the way the benchmark loads them."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from bench_conformal import load_torchcp as load
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    try:
+        return load()
+    except ImportError as err:
+        pytest.skip(f"torchcp does not import ({err}); .ci/run installs it with pip install --no-deps torchcp")
 
 
 @pytest.mark.parametrize("name,ours,theirs", [
