@@ -79,3 +79,20 @@ def test_bad_thread_count_names_the_variable(monkeypatch, raw):
 
     with pytest.raises(ValueError, match=f"CALIB_NUM_THREADS as a positive integer, got '{raw}'"):
         num_threads()
+
+
+@pytest.mark.parametrize("score, kw", [("aps", dict(randomized=True)), ("raps", dict(k_reg=2, lam=0.1)),
+                                       ("saps", dict(weight=0.2)), ("topk", {}), ("lac", {})])
+def test_conformal_chunks_on_threads_give_the_same_sets(monkeypatch, score, kw):
+    import calib.conformal.split as split
+
+    monkeypatch.setattr(split, "FAST_CHUNK_ELEMENTS", 37 * 10)  # 37-row chunks: many, spread over threads
+    p, y = _probs(n=1500, k=10, seed=2)
+    p = p.astype(np.float64)
+    out = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("CALIB_NUM_THREADS", threads)
+        sc = SplitConformal(score=score, alpha=[0.1, 0.3], **kw).fit(p[:700], y[:700])
+        out[threads] = (sc.qhat_, sc.predict_set(p[700:]))
+    assert np.array_equal(out["1"][0], out["3"][0])
+    assert np.array_equal(out["1"][1], out["3"][1])

@@ -12,6 +12,7 @@ import numbers
 
 import numpy as np
 
+from calib._threads import map_threads
 from calib._validation import as_array, check_choice, check_fraction, check_labels, check_probs
 from calib.calibrators.base import NotFittedError
 from calib.conformal import scores as _scores
@@ -151,13 +152,16 @@ class ConformalBase:
             return self.label_scores(p, y, u)
         n, k = p.shape
         s = np.empty(n, dtype=np.float64)
-        for sl in _row_chunks(n, k):
+
+        def one_chunk(sl):
             block = p[sl]
             if self.score == "lac":
                 s[sl] = 1.0 - block[np.arange(block.shape[0]), y[sl]].astype(np.float64)
             else:
                 s[sl] = _scores.label_rank_scores(block, y[sl], self.score, None if u is None else u[sl],
                                                   **self._score_kwargs())
+
+        map_threads(one_chunk, _row_chunks(n, k))  # chunks write their own rows: any thread count, same scores
         return s
 
     def _sets_fast(self, p, thr_rows=None):
@@ -178,7 +182,8 @@ class ConformalBase:
             for j in range(m):  # one 2-D comparison per alpha (a trailing axis of 1 is a slow inner loop)
                 np.greater_equal(p, t[j], out=out[:, :, j])
             return out
-        for sl in _row_chunks(n, k):
+
+        def one_chunk(sl):
             block = p[sl]
             thr = np.broadcast_to(q[None, :], (block.shape[0], m)) if thr_rows is None else thr_rows[sl]
             if self.score == "lac":
@@ -186,6 +191,8 @@ class ConformalBase:
             else:
                 _scores.rank_sets(block, self.score, None if u is None else u[sl], thr, out[sl],
                                   **self._score_kwargs())
+
+        map_threads(one_chunk, _row_chunks(n, k))  # chunks write their own rows: any thread count, same sets
         return out
 
     def _common_state(self):
