@@ -151,15 +151,13 @@ class ConformalBase:
         if callable(self.score):
             return self.label_scores(p, y, u)
         n, k = p.shape
+        if self.score == "lac":  # one gather of n entries: nothing to chunk
+            return 1.0 - p[np.arange(n), y].astype(np.float64)
         s = np.empty(n, dtype=np.float64)
 
         def one_chunk(sl):
-            block = p[sl]
-            if self.score == "lac":
-                s[sl] = 1.0 - block[np.arange(block.shape[0]), y[sl]].astype(np.float64)
-            else:
-                s[sl] = _scores.label_rank_scores(block, y[sl], self.score, None if u is None else u[sl],
-                                                  **self._score_kwargs())
+            s[sl] = _scores.label_rank_scores(p[sl], y[sl], self.score, None if u is None else u[sl],
+                                              **self._score_kwargs())
 
         map_threads(one_chunk, _row_chunks(n, k))  # chunks write their own rows: any thread count, same scores
         return s
