@@ -225,3 +225,15 @@ def test_published_values_match_the_shared_readmes():
             row = next(line for line in lines if line.startswith(f"| {method} |"))
             for metric, value in values.items():
                 assert str(value) in row, f"{dataset} {method} {metric}={value} not in {row!r}"
+
+
+@pytest.mark.parametrize("option", [o for o in options("policy") if o != "none"])
+def test_every_policy_composes_the_shared_cost_model(compose, option):
+    import yaml
+    from omegaconf import OmegaConf
+
+    default = yaml.safe_load((CONF / "policy" / "costs" / "default.yaml").read_text())
+    assert OmegaConf.to_container(compose([f"policy={option}"]).policy.costs) == default
+    changed = compose([f"policy={option}", "policy.costs.escalation=0.5"]).policy.costs
+    assert OmegaConf.to_container(changed) == {**default, "escalation": 0.5}
+    assert "costs" not in options("policy")  # a subgroup, never a policy of its own (policy=glob(*) skips it)
