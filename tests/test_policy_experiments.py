@@ -144,6 +144,10 @@ def test_compare_models_bad_input():
     rows = compare_models(models, TemperatureScaling, {})["rows"]
     with pytest.raises(ValueError, match="Unknown policy 'cost'"):
         markdown_table(rows, "cost")
+    from calib.policy.plots import plot_comparison
+
+    with pytest.raises(ValueError, match=r"Unknown policy 'cost' for models \['model_a', 'model_b'\]"):
+        plot_comparison({"rows": rows, "curves": {}}, "cost")
 
 
 def test_plot_comparison_short_names():

@@ -79,12 +79,17 @@ def _fmt_ci(m, key, pct=True):
     return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]" if ci else f(v)
 
 
-def markdown_table(rows, policy_name, *, target_risk=None, delta=None, calibrator="temperature scaling", n_bins=15):
-    """One markdown table of ``rows`` (from :func:`compare_models`) for one policy, best accuracy first."""
+def check_policy_name(rows, policy_name):
+    """Raise a ValueError naming the models of ``rows`` that have no metrics for ``policy_name``."""
     missing = [r["model"] for r in rows if policy_name not in r["policies"]]
     if missing:
         raise ValueError(f"Unknown policy {policy_name!r} for models {missing}; "
                          f"valid options: {sorted(rows[0]['policies']) if rows else []}.")
+
+
+def markdown_table(rows, policy_name, *, target_risk=None, delta=None, calibrator="temperature scaling", n_bins=15):
+    """One markdown table of ``rows`` (from :func:`compare_models`) for one policy, best accuracy first."""
+    check_policy_name(rows, policy_name)
     head = (f"Policy `{policy_name}`"
             + (f" (target selective risk r = {target_risk}, delta = {delta})" if target_risk is not None else "")
             + f"; rates in %, 95% percentile-bootstrap CI in brackets; ECE after {calibrator} ({n_bins} bins).\n\n")

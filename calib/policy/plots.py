@@ -129,7 +129,10 @@ def plot_comparison(result, policy_name, *, target_risk=None):
     accuracy under ``policy_name``, and every model's risk-coverage curve. Returns the figure."""
     import matplotlib.pyplot as plt
 
+    from calib.policy.compare import check_policy_name
+
     rows = result["rows"]
+    check_policy_name(rows, policy_name)
     short = _short_names([r["model"] for r in rows])
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for r in rows:
