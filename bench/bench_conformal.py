@@ -159,7 +159,7 @@ def memory_floor(pc, pt, threshold=0.01):
     """The least work any LAC calibrate+predict that checks its inputs can do: read every calibration entry
     once (here a bare max, no checks), read every test entry once and write the (n, k) bool sets into fresh
     memory, on calib's worker threads. No row sums, no labels, no quantile: a lower bound, not a method."""
-    from calib._threads import map_threads, num_threads
+    from calib._chunks import map_threads, num_threads
 
     def spans(n, parts):
         edges = [n * i // parts for i in range(parts + 1)]
@@ -257,7 +257,7 @@ def main(argv=None):
 
 
 def _threads():
-    from calib._threads import num_threads
+    from calib._chunks import num_threads
 
     return num_threads()
 

@@ -4,7 +4,7 @@
     python bench/calibrator_table.py --with-odir     # + MS-ODIR / Dir-ODIR with 5-fold CV (slow, ~4 min each)
 
 Each dataset's own split (split == 0 calibrates, split == 1 tests) through
-``calib.pipeline.fit_and_evaluate``; metrics as in ``calib.metrics.summary`` (ECE: 15 equal-width bins;
+``calib.evaluation.pipeline.fit_and_evaluate``; metrics as in ``calib.metrics.summary`` (ECE: 15 equal-width bins;
 classwise-ECE: mean over classes, 15 equal-width bins). Two-class methods (platt, beta) do not apply to
 these 10/100-class sets and are left out; netcal runs its HistogramBinning (the registry default).
 """
@@ -54,7 +54,7 @@ def label(name, kwargs):
 def main(argv=None):
     from calib import load_logits
     from calib.calibrators import REGISTRY
-    from calib.pipeline import fit_and_evaluate
+    from calib.evaluation.pipeline import fit_and_evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--with-odir", action="store_true")

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from calib._json import to_json
+
 __all__ = ["write_text_atomic", "write_json_atomic"]
 
 
@@ -28,5 +30,6 @@ def write_text_atomic(path, text):
 
 
 def write_json_atomic(path, obj):
-    """JSON with sorted keys and a trailing newline: the same object always gives the same bytes."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (non-finite numbers as ``null``, :func:`calib._json.to_json`) with sorted keys and a
+    trailing newline: the same object always gives the same bytes."""
+    return write_text_atomic(path, json.dumps(to_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")

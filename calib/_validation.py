@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 
-from calib._threads import map_threads, num_threads
+from calib import _chunks as chunking
+from calib._chunks import map_threads, num_threads, rows_per_chunk
 
 __all__ = [
     "as_array",
@@ -27,7 +28,6 @@ __all__ = [
 ]
 
 
-_CHUNK_BYTES = 1 << 20  # rows are scanned in chunks that stay in a core's L2 cache
 _ELEMENTS_PER_THREAD = 1 << 22  # below ~16 MB of float32 per thread, starting threads costs more than it saves
 
 
@@ -85,7 +85,7 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
     """Validate probabilities: shape (n, k), finite, entries >= 0, rows summing to 1 within ``atol``.
 
     One chunked pass computes the row sums, the minimum and (with ``return_argmax``) each row's argmax,
-    so validating costs about one read of the array; large arrays are read by :func:`calib._threads.num_threads`
+    so validating costs about one read of the array; large arrays are read by :func:`calib._chunks.num_threads`
     threads, each over its own contiguous rows. ``on_chunk(start, block)``, when given, is called on each
     chunk while it is in cache, so a caller can fuse its own work into the same pass (it may run on worker
     threads and must only write rows ``start:start + len(block)``; its results are discarded by the caller
@@ -101,7 +101,7 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
     if p.dtype not in (np.float32, np.float64):
         p = p.astype(np.float32)
     n, k = p.shape
-    rows = max(16, _CHUNK_BYTES // (p.itemsize * k))
+    rows = rows_per_chunk(k, nbytes=chunking.CACHE, itemsize=p.itemsize, minimum=16)  # stays in L2 between steps
     row_sums = np.empty(n, dtype=p.dtype)
     argmax = np.empty(n, dtype=np.int64) if return_argmax else None
 

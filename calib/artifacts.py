@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calib._json import to_json
+
 __all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "data_fingerprint", "ArtifactError",
            "FORMAT", "SCHEMA_VERSION"]
 
@@ -48,14 +50,18 @@ class ArtifactError(ValueError):
 COMPONENTS = {"calibrator": "calib.calibrators", "conformal": "calib.conformal", "policy": "calib.policy"}
 
 
-def _registry(component):
+def _module(component):
     import importlib
     import importlib.util
 
     module = COMPONENTS[component]
     if importlib.util.find_spec(module) is None:
         raise ArtifactError(f"This calib has no {component!r} components (module {module} is missing).")
-    return importlib.import_module(module).REGISTRY
+    return importlib.import_module(module)
+
+
+def _registry(component):
+    return _module(component).REGISTRY
 
 
 def data_fingerprint(logits, labels):
@@ -162,6 +168,7 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
         "metrics": metrics,
     }
     _check_json(manifest, "artifact manifest (params, state, metrics)")
+    manifest = to_json(manifest)  # strict JSON: one rule for non-finite numbers (calib._json)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -174,7 +181,7 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
         manifest["files"] = {name: _sha256_file(tmp / name) for name in files}
         manifest["manifest_sha256"] = _manifest_digest(manifest)
         with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
+            json.dump(manifest, fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -272,8 +279,10 @@ def load_pipeline(path):
         if name not in components:
             continue
         entry = components[name]
-        registry = _registry(name)
+        module = _module(name)
+        registry = module.REGISTRY
         kind = entry.get("kind")
+        kind = getattr(module, "LEGACY_KINDS", {}).get(kind, kind)  # kinds renamed since the artifact was written
         if kind not in registry:
             raise ArtifactError(f"Unsupported {name} kind {kind!r}; known kinds: {sorted(registry)}.")
         arrays = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calib import _chunks as chunking
 from calib._validation import check_choice, check_positive_int, check_probs_labels
 
 __all__ = [
@@ -37,8 +38,8 @@ BINNINGS = ("width", "mass", "digitize")
 _NLL_CLIP = 1e-15
 
 
-def _chunks(n, k, target=1 << 22):
-    step = max(1, target // max(k, 1))
+def _chunks(n, k):
+    step = chunking.rows_per_chunk(k, entries=chunking.REDUCE)
     return range(0, n, step), step
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from calib._validation import as_array, check_choice, check_fraction, check_probs
 
 __all__ = [
-    "SCORES",
+    "CONFIDENCES",
     "RiskCoverage",
     "confidence_scores",
     "set_size_confidence",
@@ -36,11 +36,12 @@ __all__ = [
     "error_detection_auroc",
 ]
 
-#: Confidence scores computable from probabilities alone.
-SCORES = ("max_prob", "margin", "neg_entropy")
+#: Confidence scores computable from probabilities alone (large = sure; the opposite of the
+#: nonconformity scores of :mod:`calib.conformal.scores`).
+CONFIDENCES = ("max_prob", "margin", "neg_entropy")
 
 
-def confidence_scores(probs, score="max_prob"):
+def confidence_scores(probs, confidence="max_prob"):
     """Confidence per item from probabilities (n, k): higher means more confident.
 
     ``max_prob`` = max_j p_j; ``margin`` = top-1 minus top-2 probability; ``neg_entropy`` =
@@ -50,11 +51,11 @@ def confidence_scores(probs, score="max_prob"):
     >>> confidence_scores(p, "margin").round(3).tolist()
     [0.5, 0.0]
     """
-    check_choice(score, "score", SCORES)
+    check_choice(confidence, "confidence", CONFIDENCES)
     p = check_probs(probs)
-    if score == "max_prob":
+    if confidence == "max_prob":
         return p.max(axis=1).astype(np.float64)
-    if score == "margin":
+    if confidence == "margin":
         top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:].astype(np.float64)
         return top2[:, 1] - top2[:, 0]
     p64 = p.astype(np.float64)

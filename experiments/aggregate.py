@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from calib.results import aggregate, metric_sections  # noqa: F401  (metric_sections: used by tests)
+from calib.evaluation.results import aggregate, metric_sections  # noqa: F401  (metric_sections: used by tests)
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # files only; before anything imports matplotlib
 log = logging.getLogger("aggregate")
 
 REPO = Path(__file__).resolve().parents[1]

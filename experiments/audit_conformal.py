@@ -5,7 +5,7 @@
     python experiments/audit_conformal.py --data cifar_chenyaofo/cifar100_vgg16_bn.npz --alphas 0.1 0.05
 
 The per-split covered count follows BetaBinomial(m, r, n + 1 - r), r = ceil((n+1)(1-alpha)) (a sum of
-such laws per stratum for Mondrian); see calib/conformal/audit.py for the derivation and the checks.
+such laws per stratum for Mondrian); see calib/evaluation/conformal_audit.py for the derivation and the checks.
 Probabilities are softmax(logits) in float64 (validity does not need calibration). Mondrian-group uses
 groups = the confidence bin of max-probability (<0.9, <0.99, >=0.99), a function of x.
 Exit status 1 if any row fails.
@@ -30,7 +30,8 @@ def main(argv=None):
     ap.add_argument("--data", nargs="+", default=None, help="npz paths, absolute or relative to ../shared/data")
     ap.add_argument("--alphas", nargs="+", type=float, default=[0.1, 0.05])
     ap.add_argument("--cal-fraction", type=float, default=0.5)
-    ap.add_argument("--configs", nargs="+", default=None, help="subset of calib.conformal.audit.AUDIT_CONFIGS")
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="subset of calib.evaluation.conformal_audit.AUDIT_CONFIGS")
     ap.add_argument("--level", type=float, default=0.999, help="two-sided level of the mean and KS checks")
     ap.add_argument("--quick", action="store_true", help="100 splits on the first data set only")
     ap.add_argument("--seed", type=int, default=0)
@@ -39,7 +40,7 @@ def main(argv=None):
     from calib import load_logits
     from calib.calibrators.base import softmax
     from calib.conformal import REGISTRY
-    from calib.conformal.audit import AUDIT_CONFIGS, audit_predictor
+    from calib.evaluation.conformal_audit import AUDIT_CONFIGS, audit_predictor
 
     data = args.data or DEFAULT_DATA
     n_splits = args.n_splits

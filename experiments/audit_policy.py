@@ -34,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from calib import load_logits
-    from calib.policy.audit import audit_guarantee
+    from calib.evaluation.policy_audit import audit_guarantee
 
     files = args.data[:1] if args.quick else args.data
     n_splits = 100 if args.quick else args.n_splits

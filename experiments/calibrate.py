@@ -11,6 +11,7 @@ and Hydra's resolved config in .hydra/. See docs/experiments.md.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from calib._atomic import write_json_atomic
 from calib._hydra import instantiate
 from calib.config import check_overrides, register_configs, validate_root
-from calib.pipeline import fit_and_evaluate
+from calib.evaluation.pipeline import fit_and_evaluate
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # files only; before anything imports matplotlib
 log = logging.getLogger("calibrate")
 register_configs()  # root-key schema + sweep-folder resolver, before Hydra composes
 

@@ -12,6 +12,7 @@ vs accuracy, and the risk-coverage curves) into the Hydra run folder.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from calib._atomic import write_json_atomic, write_text_atomic
 from calib._hydra import instantiate
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # files only; before anything imports matplotlib
 log = logging.getLogger("compare")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,7 @@ def _files(cfg):
 def compare(cfg: DictConfig) -> dict:
     """Evaluate every file of ``cfg``; return {"rows": [...], "curves": {...}}."""
     from calib import load_logits
-    from calib.policy.compare import compare_models
+    from calib.evaluation.compare import compare_models
 
     datasets = ((path.stem, load_logits(path)) for path in _files(cfg))
     policies = {name: (lambda node=node: instantiate(node)) for name, node in cfg.policies.items()}
@@ -46,9 +48,9 @@ def compare(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from calib.plots import save_figure
-    from calib.policy.compare import markdown_table
-    from calib.policy.plots import plot_comparison
+    from calib.evaluation.compare import markdown_table
+    from calib.plotting import save_figure
+    from calib.plotting.routing import plot_comparison
 
     result = compare(cfg)
     names = [cfg.table_policy] if isinstance(cfg.table_policy, str) else list(cfg.table_policy)

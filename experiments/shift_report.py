@@ -30,7 +30,7 @@ def report_file(path, *, target_risk, delta, seed):
     from calib import load_logits
     from calib.calibrators import TemperatureScaling
     from calib.policy import RiskControlPolicy
-    from calib.policy.shift import shift_report
+    from calib.evaluation.shift_report import shift_report
 
     data = load_logits(path)
     cal, test = data.split_cal_test(seed=seed)

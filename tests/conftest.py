@@ -10,6 +10,9 @@ import pytest
 
 from calib.datasets import synthetic
 
+#: fixture folders hold data and the scripts that wrote them once against an older calib: never collected
+collect_ignore_glob = ["fixtures/*"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CALIB_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from calib import artifacts
-from calib.artifacts import ArtifactError, load_artifact, read_manifest, save_artifact
+from calib.artifacts import ArtifactError, load_artifact, load_pipeline, read_manifest, save_artifact
 from calib.calibrators import IdentityCalibrator, NotFittedError, TemperatureScaling
 
 
@@ -166,3 +166,50 @@ def test_schema_v1_fixture_loads_forever():
     np.testing.assert_allclose(pipe["calibrator"].predict_proba(x), expected, rtol=1e-12)
     sets = pipe["conformal"].predict_set(expected)
     assert np.array_equal(sets, expected >= 1 - qhat)  # LAC: class j is in the set iff 1 - p_j <= qhat
+
+
+PRE_CONTRACT = Path(__file__).parent / "fixtures" / "artifact_v1_pre_contract"
+
+
+@pytest.mark.parametrize("name", ["mondrian_riskpolicy", "crc_threshold", "split_inf_conformal_routing"])
+def test_artifacts_of_the_old_state_layout_load_and_apply_unchanged(name):
+    # sets and actions as the code that wrote these artifacts produced them (an independent oracle)
+    expected = np.load(PRE_CONTRACT / "expected.npz", allow_pickle=False)
+    parts = load_pipeline(PRE_CONTRACT / name)
+    probs = parts["calibrator"].predict_proba(expected["test_logits"])
+    np.testing.assert_array_equal(probs, expected[f"{name}.probs"])
+    sets = parts["conformal"].predict_set(probs, groups=expected["test_groups"])
+    np.testing.assert_array_equal(sets, expected[f"{name}.sets"])
+    first = sets[:, :, 0] if sets.ndim == 3 else sets
+    actions = parts["policy"].route(probs, sets=first).actions
+    np.testing.assert_array_equal(actions, expected[f"{name}.actions"])
+
+
+def test_old_kind_and_parameter_names_map_to_the_new_ones():
+    from calib.conformal import ConformalRiskControl
+    from calib.policy import ThresholdPolicy
+
+    parts = load_pipeline(PRE_CONTRACT / "crc_threshold")
+    assert type(parts["conformal"]) is ConformalRiskControl and parts["conformal"].kind == "conformal_risk_control"
+    assert type(parts["policy"]) is ThresholdPolicy and parts["policy"].confidence == "neg_entropy"
+    inf = load_pipeline(PRE_CONTRACT / "split_inf_conformal_routing")["conformal"]
+    assert inf.qhat_ == np.inf  # the string "inf" of the old JSON state
+
+
+def test_new_artifacts_store_thresholds_as_arrays_with_their_infinities(tmp_path):
+    from calib.conformal import ConformalRiskControl, SplitConformal
+
+    p = np.full((20, 3), 1 / 3)
+    y = np.arange(20) % 3
+    ts = IdentityCalibrator().fit(np.log(p), y)
+    multi = np.zeros((20, 3), bool)
+    multi[:2, 0] = True  # 18 rows without a positive label: empty sets already control the FNR at 0.5
+    for cp, target, want in ((SplitConformal(alpha=0.01, allow_infinite=True), y, np.inf),
+                             (ConformalRiskControl(loss="fnr", alpha=0.5), multi, -np.inf)):
+        cp.fit(p, target)
+        assert cp.qhat_ == want
+        path = save_artifact(ts, tmp_path / cp.kind, conformal=cp)
+        manifest = read_manifest(path)
+        assert "qhat" not in manifest["components"]["conformal"]["state"]
+        assert manifest["components"]["conformal"]["arrays"] == ["thresholds"]
+        assert load_pipeline(path)["conformal"].qhat_ == want

@@ -56,12 +56,12 @@ def test_rank_scores_match_reference(kind, randomized):
 
 
 def test_lac_scores_and_float32_chunking(monkeypatch):
-    import calib.conformal.scores as sc
+    import calib._chunks as chunking
 
     p, y = _probs(500, 13, seed=3)
     p32 = p.astype(np.float32)
     full = aps_scores(p32)
-    monkeypatch.setattr(sc, "CHUNK_ELEMENTS", 50)  # many chunks must give the same numbers
+    monkeypatch.setattr(chunking, "SORT", 50)  # many chunks must give the same numbers
     np.testing.assert_array_equal(aps_scores(p32), full)
     assert lac_scores(p32).dtype == np.float64
     np.testing.assert_array_equal(lac_scores(p, y), 1.0 - p[np.arange(500), y])
@@ -181,8 +181,8 @@ ALL_CONFIGS = [
     ("mondrian", dict(condition="class", score="aps", randomized=True)),
     ("mondrian", dict(condition="group", score="lac", alpha=[0.1, 0.2])),
     ("mondrian", dict(condition="class", score="lac", alpha=0.01)),  # small classes -> inf
-    ("risk_control", dict(loss="fnr", score="lac")),
-    ("risk_control", dict(loss="miscoverage", score="raps", randomized=True)),
+    ("conformal_risk_control", dict(loss="fnr", score="lac")),
+    ("conformal_risk_control", dict(loss="miscoverage", score="raps", randomized=True)),
 ]
 
 
@@ -353,24 +353,31 @@ REQUIRED = {"score", "alpha", "qhat", "coverage", "mean_set_size", "singleton_ra
 
 @pytest.mark.parametrize("kind,params", [("split", dict(score="aps")), ("split", dict(alpha=[0.1, 0.2])),
                                          ("mondrian", dict(condition="class")),
-                                         ("risk_control", dict())])
-def test_conformal_stage_section_and_figures(kind, params):
+                                         (ConformalRiskControl.kind, dict())])
+def test_conformal_stage_section_and_plot_data(kind, params):
+    from calib.plotting import FigureSpec
+
     p, y = _probs(2000, 10, seed=16)
-    section, figs = conformal_stage(REGISTRY[kind](**params), p[:1000], y[:1000], p[1000:], y[1000:])
+    section, plot_data = conformal_stage(REGISTRY[kind](**params), p[:1000], y[:1000], p[1000:], y[1000:])
     assert REQUIRED <= set(section)
     json.dumps(section, allow_nan=False)
-    assert {"conformal_coverage.png", "set_size_histogram.png", "class_coverage.png"} <= set(figs)
-    import matplotlib.pyplot as plt
-
-    for f in figs.values():
-        plt.close(f)
+    assert set(plot_data) == {"conformal_coverage.png", "set_size_histogram.png", "class_coverage.png"}
+    assert all(isinstance(spec, FigureSpec) for spec in plot_data.values())
+    curve = plot_data["conformal_coverage.png"].data
+    assert curve.alphas.shape == curve.coverage.shape == curve.band_low.shape == curve.band_high.shape == (15,)
+    assert (curve.band_low <= curve.band_high).all() and curve.n_calibration == 1000 and curve.n_test == 1000
+    assert plot_data["set_size_histogram.png"].data.histogram.shape == (11,)
+    assert plot_data["set_size_histogram.png"].data.histogram.sum() == 1000
+    cc = plot_data["class_coverage.png"].data
+    assert cc.coverage.shape == (10,) and (np.diff(cc.coverage) >= 0).all()
+    assert "matplotlib.figure" not in {type(v.data).__module__ for v in plot_data.values()}
 
 
 def test_conformal_stage_group_coverage_section():
     p, y = _probs(3000, 6, seed=25)
     g = np.array(["x", "y", "z"])[np.arange(3000) % 3]
     section, figs = conformal_stage(MondrianConformal(condition="group", alpha=0.2), p[:1500], y[:1500], p[1500:],
-                                    y[1500:], cal_groups=g[:1500], test_groups=g[1500:], figures=False)
+                                    y[1500:], cal_groups=g[:1500], test_groups=g[1500:], plots=False)
     assert section["strata"] == ["x", "y", "z"] and len(section["qhat"]) == 3
     assert set(section["group_coverage"]) == {"x", "y", "z"}
     for name in "xyz":
@@ -396,8 +403,10 @@ def test_pipeline_with_conformal_stage(tmp_path):
     cal, test = data.split_cal_test(cal_fraction=0.5, seed=0)
     res = fit_and_evaluate(cal, test, TemperatureScaling(), conformal=SplitConformal(score="aps"))
     assert REQUIRED <= set(res.metrics["conformal"])
+    assert set(res.plots) == {"conformal_coverage.png", "set_size_histogram.png", "class_coverage.png"}
     res.write(tmp_path)
-    assert (tmp_path / "conformal_coverage.png").is_file()
+    for name in ("reliability.png", *res.plots):
+        assert (tmp_path / name).is_file()
     from calib.artifacts import load_pipeline
 
     loaded = load_pipeline(tmp_path / "artifact")["conformal"]

@@ -219,7 +219,7 @@ def test_bootstrap_is_seeded():
     ({"delta": 1.0}, r"delta in \(0, 1\), got 1.0"),
     ({"delta": -0.1}, r"delta in \(0, 1\)"),
     ({"max_escalation": 2.0}, r"max_escalation in \(0, 1\)"),
-    ({"score": "x"}, r"Unknown score 'x'; valid options"),
+    ({"confidence": "x"}, r"Unknown confidence 'x'; valid options"),
     ({"costs": {"escalation": -1.0}}, r"costs.escalation >= 0"),
     ({"costs": {"wrong_answer": -0.5}}, r"costs.wrong_answer >= 0"),
     ({"costs": {"human_accuracy": 1.2}}, r"costs.human_accuracy in \[0, 1\], got 1.2"),
@@ -347,15 +347,12 @@ def _conformal_or_standin(pc, yc):
         return _StandInConformal(0.9), "stand-in"
 
 
-def test_policy_stage_sections_and_figures(synthetic_data):
-    import matplotlib
-
-    matplotlib.use("Agg")
+def test_policy_stage_sections_and_plot_data(synthetic_data):
     cal, test = synthetic_data.split_cal_test(cal_fraction=0.5, seed=0)
     ts = TemperatureScaling().fit(cal.logits, cal.labels)
     pc, pt = ts.predict_proba(cal.logits), ts.predict_proba(test.logits)
     fb = {"fallback": (test.labels * 0)}
-    sections, figs = policy_stage(RiskControlPolicy(target_risk=0.25, delta=0.1, fallback_threshold=0.3), pc,
+    sections, plot_data = policy_stage(RiskControlPolicy(target_risk=0.25, delta=0.1, fallback_threshold=0.3), pc,
                                   cal.labels, pt, test.labels, cal_extras={"fallback": cal.labels * 0},
                                   test_extras=fb)
     pol = sections["policy"]
@@ -367,15 +364,18 @@ def test_policy_stage_sections_and_figures(synthetic_data):
     assert set(pol["guarantee"]) >= {"target_risk", "delta", "threshold", "risk_upper_bound", "certified"}
     assert pol["guarantee"]["certified"] is True and pol["fallback_rate"] > 0
     assert set(sections["selective"]) >= {"aurc", "eaurc"}
-    assert set(figs) >= {"risk_coverage.png", "completion_frontier.png"}
+    assert set(plot_data) == {"risk_coverage.png", "completion_frontier.png", "silent_failure_slices.png"}
+    rc = plot_data["risk_coverage.png"].data
+    assert rc.coverage.shape == rc.risk.shape and rc.coverage.ndim == 1 and rc.target_risk == 0.25
+    fr = plot_data["completion_frontier.png"].data
+    assert fr.escalation_rate.shape == fr.completion_rate.shape == (test.labels.size + 1,)
+    sl = plot_data["silent_failure_slices.png"].data
+    assert len(sl.names) == sl.rates.shape[0] == sl.flagged.shape[0] <= 20
     conformal, _ = _conformal_or_standin(pc, cal.labels)
     sections, _ = policy_stage(ConformalRoutingPolicy(fallback="none"), pc, cal.labels, pt, test.labels,
                                conformal=conformal)
     assert sections["policy"]["fallback_rate"] == 0.0
     assert 0 < sections["policy"]["automation_rate"] < 1
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
 
 
 def test_pipeline_with_policy_writes_artifact(synthetic_data, tmp_path):
@@ -387,8 +387,10 @@ def test_pipeline_with_policy_writes_artifact(synthetic_data, tmp_path):
 
     cal, test = synthetic_data.split_cal_test(cal_fraction=0.5, seed=0)
     res = fit_and_evaluate(cal, test, TemperatureScaling(), policy=CostPolicy())
+    assert set(res.plots) == {"risk_coverage.png", "completion_frontier.png", "silent_failure_slices.png"}
     res.write(tmp_path)
-    assert (tmp_path / "risk_coverage.png").is_file()
+    for name in ("reliability.png", *res.plots):
+        assert (tmp_path / name).is_file()
     assert load_pipeline(tmp_path / "artifact")["policy"].kind == "cost"
     assert "ci" in res.metrics["policy"] and "aurc" in res.metrics["selective"]
 

@@ -90,7 +90,7 @@ def test_confidence_scores_against_scipy(rng):
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="Unknown score 'x'"):
+    with pytest.raises(ValueError, match="Unknown confidence 'x'"):
         S.confidence_scores(np.array([[0.5, 0.5]]), "x")
     with pytest.raises(ValueError, match="correct of shape"):
         S.aurc(np.zeros(3), np.zeros(2, bool))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import calib._chunks as chunking
 import calib._validation as V
 from calib.calibrators import softmax
 from calib.conformal import SplitConformal
@@ -14,7 +15,7 @@ from calib.conformal import SplitConformal
 def tiny_thread_threshold(monkeypatch):
     """Make a 2,000 x 10 array count as large: chunks of 40 rows, split over worker threads."""
     monkeypatch.setattr(V, "_ELEMENTS_PER_THREAD", 1000)
-    monkeypatch.setattr(V, "_CHUNK_BYTES", 40 * 10 * 4)
+    monkeypatch.setattr(chunking, "CACHE", 40 * 10 * 4)
     return monkeypatch
 
 
@@ -75,7 +76,7 @@ def test_threaded_pass_finds_bad_entry_in_any_span(tiny_thread_threshold, row, b
 @pytest.mark.parametrize("raw", ["0", "-2", "two"])
 def test_bad_thread_count_names_the_variable(monkeypatch, raw):
     monkeypatch.setenv("CALIB_NUM_THREADS", raw)
-    from calib._threads import num_threads
+    from calib._chunks import num_threads
 
     with pytest.raises(ValueError, match=f"CALIB_NUM_THREADS as a positive integer, got '{raw}'"):
         num_threads()
@@ -84,9 +85,7 @@ def test_bad_thread_count_names_the_variable(monkeypatch, raw):
 @pytest.mark.parametrize("score, kw", [("aps", dict(randomized=True)), ("raps", dict(k_reg=2, lam=0.1)),
                                        ("saps", dict(weight=0.2)), ("topk", {}), ("lac", {})])
 def test_conformal_chunks_on_threads_give_the_same_sets(monkeypatch, score, kw):
-    import calib.conformal.split as split
-
-    monkeypatch.setattr(split, "FAST_CHUNK_ELEMENTS", 37 * 10)  # 37-row chunks: many, spread over threads
+    monkeypatch.setattr(chunking, "FUSED", 37 * 10)  # 37-row chunks: many, spread over threads
     p, y = _probs(n=1500, k=10, seed=2)
     p = p.astype(np.float64)
     out = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib._threads import map_threads as _map_threads
+from calib._chunks import map_threads as _map_threads
 
 __all__ = ["transpose", "fit_isotonic_columns", "fit_isotonic_ovr", "interp_rows", "interp_rows_f32", "pad_ragged"]
 

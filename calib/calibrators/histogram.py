@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib._validation import check_choice, check_positive_int
-from calib._threads import map_threads as _map_threads
+from calib._chunks import map_threads as _map_threads
 from calib.calibrators.base import Calibrator, softmax
 from calib.calibrators.isotonic import renormalise, top_label_apply
 
@@ -122,8 +122,7 @@ class HistogramBinning(Calibrator):
         p = softmax(logits)
         if self.multiclass == "ovr":
             q = self._lookup(np.ascontiguousarray(p.T)).astype(np.float32)
-            out, self.n_zero_rows_ = renormalise(q, name="HistogramBinning", classes_first=True)
-            return out
+            return renormalise(q, name="HistogramBinning", classes_first=True)[0]  # the warning counts zero rows
         new = self._lookup(p.max(axis=1)[None, :])[0]
         return top_label_apply(p, new)
 

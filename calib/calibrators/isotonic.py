@@ -3,8 +3,8 @@
 ``multiclass="ovr"``: for every class c an increasing step-linear map g_c fitted by pool-adjacent-
 violators to (p_c, 1[y = c]) on the calibration split; then ``q_c = g_c(p_c) / sum_j g_j(p_j)``.
 Rows where every g_j(p_j) is 0 (possible when a row's probabilities all fall below each class's
-lowest non-zero step) fall back to the uniform distribution 1/k (counted in ``n_zero_rows_`` of
-the last ``predict_proba`` call, with a warning).
+lowest non-zero step) fall back to the uniform distribution 1/k, with a warning that counts them (prediction never
+changes the fitted object).
 
 ``multiclass="top_label"``: one map g fitted to (max_c p_c, 1[argmax = y]); the top class gets
 ``g(max p)`` and the other classes share ``1 - g(max p)`` in proportion to their probabilities. The
@@ -133,8 +133,7 @@ class IsotonicCalibration(Calibrator):
         p = softmax(logits)
         if self.multiclass == "ovr":
             q = interp_rows_f32(transpose(p), self.knots_x_, self.knots_y_, self.knot_counts_)
-            out, self.n_zero_rows_ = renormalise(q, name="IsotonicCalibration", classes_first=True)
-            return out
+            return renormalise(q, name="IsotonicCalibration", classes_first=True)[0]  # the warning counts zero rows
         conf = p.max(axis=1)[None, :]
         new = interp_rows(conf, self.knots_x_, self.knots_y_, self.knot_counts_)[0]
         return top_label_apply(p, new)

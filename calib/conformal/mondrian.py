@@ -22,7 +22,6 @@ import numpy as np
 
 from calib._validation import check_choice
 from calib.conformal.quantile import conformal_quantile, conformal_rank
-from calib.conformal.scores import lac_prob_threshold
 from calib.conformal.split import ConformalBase
 
 __all__ = ["MondrianConformal"]
@@ -65,10 +64,6 @@ class MondrianConformal(ConformalBase):
         self.condition = check_choice(condition, "condition", ("class", "group"))
         self.small_strata = check_choice(small_strata, "small_strata", ("full", "marginal", "error"))
 
-    def get_params(self):
-        params = super().get_params()
-        params.pop("allow_infinite", None)
-        return params
 
     def _strata(self, groups, n, *, fitting):
         if groups is None:
@@ -97,8 +92,8 @@ class MondrianConformal(ConformalBase):
     def fit(self, probs, labels, groups=None):
         """Per-stratum quantiles from calibration probs (n, k), labels (n,) and groups (n,) if needed."""
         p, y = self._check_fit_inputs(probs, labels)
-        for attr in ("qhat_", "groups_"):
-            self.__dict__.pop(attr, None)
+        self._reset()
+        self.__dict__.pop("groups_", None)
         n, k = p.shape
         if self.condition == "group":
             g = self._strata(groups, n, fitting=True)
@@ -106,9 +101,7 @@ class MondrianConformal(ConformalBase):
             n_strata = self.groups_.size
         else:
             strata, n_strata = y, k
-        if self.score == "raps":
-            self.k_reg_, self.lam_ = self.k_reg, self.lam
-        s = self._label_scores_chunked(p, y, self._u(n, 0))
+        s = self._score.label_scores(p, y, self._u(n, 0))
         alphas = list(self.alphas)
         order = np.lexsort((s, strata))
         s_sorted = s[order]
@@ -140,54 +133,35 @@ class MondrianConformal(ConformalBase):
                     "the pooled quantile, so only marginal coverage holds for them.", UserWarning, stacklevel=2)
         self.small_strata_ = np.flatnonzero(small)
         self.stratum_sizes_ = sizes.astype(np.int64)
-        self.n_classes_ = int(k)
+        self.thresholds_ = q
+        self.score_ = self._score
         self.n_calibration_ = int(n)
-        self.qhat_ = q[:, 0] if not isinstance(self.alpha, tuple) else q
+        self.n_classes_ = int(k)
         return self
 
     def predict_set(self, probs, groups=None):
         """Boolean sets (n, k), or (n, k, n_alphas) for a list of alphas."""
         p = self._check_predict_probs(probs)
-        n, k = p.shape
-        q = np.asarray(self.qhat_, dtype=np.float64).reshape(self.qhat_.shape[0], -1)
-        m = q.shape[1]
-        out = np.empty((n, k, m), dtype=bool)
+        u = self._u(p.shape[0], 1)
         if self.condition == "group":
-            idx = self._strata(groups, n, fitting=False)
-            out = self._sets_fast(p, thr_rows=q[idx])
-        elif self.score == "lac":  # class c is in the set iff p_c >= t_c (exact, see lac_prob_threshold)
-            out = np.empty((n, k, m), dtype=bool)
-            for j in range(m):
-                t = np.array([lac_prob_threshold(v, p.dtype) for v in q[:, j]])
-                np.greater_equal(p, t[None, :].astype(np.float64) if not np.isfinite(t).all()
-                                 else t.astype(p.dtype)[None, :], out=out[:, :, j])
+            out = self.scorer.sets(p, u, self.thresholds_[self._strata(groups, p.shape[0], fitting=False)])
         else:
-            out = np.empty((n, k, m), dtype=bool)
-            for sl, s, _ in self.iter_score_blocks(p, self._u(n, 1), original_order=True):
-                np.less_equal(s[:, :, None], q[None, :, :], out=out[sl])
-        return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
+            out = self.scorer.class_sets(p, u, self.thresholds_)
+        return self._finish(out)
 
-    def stratum_of(self, labels=None, groups=None):
-        """Index of the stratum of each row: its label (class) or its group's position in ``groups_``."""
-        if self.condition == "group":
-            return self._strata(groups, np.asarray(groups).shape[0], fitting=False)
-        return np.asarray(labels)
-
-    def get_state(self):
-        state = self._common_state()
-        arrays = {"qhat": np.asarray(self.qhat_, dtype=np.float64),
-                  "stratum_sizes": self.stratum_sizes_, "small_strata": self.small_strata_.astype(np.int64)}
+    def _get_state(self):
+        state, arrays = super()._get_state()
+        arrays.update(stratum_sizes=self.stratum_sizes_, small_strata=self.small_strata_.astype(np.int64))
         if self.condition == "group":
             arrays["groups"] = self.groups_
         return state, arrays
 
-    @classmethod
-    def from_state(cls, params, state, arrays):
-        obj = cls._from_common_state(params, state)
-        obj.qhat_ = np.asarray(arrays["qhat"], dtype=np.float64)
-        obj.stratum_sizes_ = np.asarray(arrays["stratum_sizes"])
-        obj.small_strata_ = np.asarray(arrays["small_strata"])
-        if params.get("condition", "class") == "group":
-            obj.groups_ = np.asarray(arrays["groups"])
-        return obj
-
+    def _set_state(self, state, arrays):
+        if "thresholds" not in arrays and "qhat" in arrays:  # schema-1 artifacts before the rename
+            q = np.asarray(arrays.pop("qhat"), dtype=np.float64)
+            arrays["thresholds"] = q.reshape(len(arrays["stratum_sizes"]), -1)
+        super()._set_state(state, arrays)
+        self.stratum_sizes_ = np.asarray(arrays["stratum_sizes"])
+        self.small_strata_ = np.asarray(arrays["small_strata"])
+        if self.condition == "group":
+            self.groups_ = np.asarray(arrays["groups"])

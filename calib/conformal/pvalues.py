@@ -41,10 +41,6 @@ def class_pvalues(predictor, cal_probs, cal_labels, probs, *, smoothed=False):
 
     p_cal, y_cal = check_probs_labels(cal_probs, cal_labels)
     p = check_probs(probs, "probs", n_classes=p_cal.shape[1])
-    if predictor.score == "raps" and not hasattr(predictor, "k_reg_"):
-        predictor.k_reg_, predictor.lam_ = predictor.k_reg, predictor.lam
     cal = predictor.label_scores(p_cal, y_cal, predictor._u(p_cal.shape[0], 0))
-    test = np.empty(p.shape)
-    for sl, s, _ in predictor.iter_score_blocks(p, predictor._u(p.shape[0], 1)):
-        test[sl] = s
+    test = predictor.scorer.matrix(p, predictor._u(p.shape[0], 1))
     return conformal_pvalues(cal, test, smoothed=smoothed, seed=predictor.seed)

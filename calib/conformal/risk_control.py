@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib._validation import check_choice, check_labels, check_probs
-from calib.conformal.split import ConformalBase, _from_json, _to_json
+from calib.conformal.split import ConformalBase
 
 __all__ = ["ConformalRiskControl", "risk_control_threshold"]
 
@@ -80,7 +80,7 @@ class ConformalRiskControl(ConformalBase):
     (100, 4)
     """
 
-    kind = "risk_control"
+    kind = "conformal_risk_control"  # artifacts of calib <= 0.1 say "risk_control" (still loaded)
 
     def __init__(self, *, loss="fnr", score="lac", alpha=0.1, randomized=False, k_reg=1, lam=0.01,
                  weight=0.2, seed=0, allow_infinite=False):
@@ -93,8 +93,7 @@ class ConformalRiskControl(ConformalBase):
         p = check_probs(probs, "probs")
         n, k = p.shape
         lab = np.asarray(labels)
-        if self.score == "raps":
-            self.k_reg_, self.lam_ = self.k_reg, self.lam
+        self._reset()
         u = self._u(n, 0)
         if lab.ndim == 2 and lab.shape[1] > 1:
             if self.loss != "fnr":
@@ -102,38 +101,25 @@ class ConformalRiskControl(ConformalBase):
             if lab.shape != (n, k) or lab.dtype != bool:
                 raise ValueError(f"Expected multi-label targets as a bool array of shape ({n}, {k}), "
                                  f"got {lab.dtype} {lab.shape}.")
-            s = np.empty((n, k))
-            for sl, block, _ in self.iter_score_blocks(p, u):
-                s[sl] = block
+            s = self._score.matrix(p, u)
             rows, cols = np.nonzero(lab)
             counts = lab.sum(axis=1)
             pair_s, pair_w, n_pos = s[rows, cols], 1.0 / counts[rows], int((counts > 0).sum())
         else:
             y = check_labels(lab, "labels", n_samples=n, n_classes=k)
-            pair_s, pair_w, n_pos = self._label_scores_chunked(p, y, u), np.ones(n), n
+            pair_s, pair_w, n_pos = self._score.label_scores(p, y, u), np.ones(n), n
         q = np.array([risk_control_threshold(pair_s, pair_w, n, a, n_positive=n_pos) for a in self.alphas])
         if np.isposinf(q).any() and not self.allow_infinite:
             raise ValueError(
                 f"Expected enough calibration rows to control the risk at alpha={min(self.alphas):g} "
                 f"(need B/(n+1) <= alpha), got n={n}; add data, raise alpha or pass allow_infinite=True."
             )
-        self.n_classes_, self.n_calibration_ = int(k), int(n)
-        self.qhat_ = self._shape_qhat(q)
+        self.thresholds_ = q
+        self.score_ = self._score
+        self.n_calibration_ = int(n)
+        self.n_classes_ = int(k)
         return self
 
     def predict_set(self, probs, groups=None):
         """Boolean sets (n, k) (or (n, k, n_alphas)): ``s(x, j) <= qhat_``."""
-        p = self._check_predict_probs(probs)
-        n, k = p.shape
-        out = self._sets_fast(p)
-        return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
-
-    def get_state(self):
-        return {**self._common_state(), "qhat": _to_json(self.qhat_)}, {}
-
-    @classmethod
-    def from_state(cls, params, state, arrays):
-        obj = cls._from_common_state(params, state)
-        q = _from_json(state["qhat"])
-        obj.qhat_ = obj._shape_qhat(np.atleast_1d(np.asarray(q, dtype=np.float64)))
-        return obj
+        return self._finish(self._sets(self._check_predict_probs(probs), self.thresholds_))

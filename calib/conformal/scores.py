@@ -1,4 +1,7 @@
-"""Non-conformity scores for classification, as pure functions of probabilities.
+"""Nonconformity scores for classification: pure functions of probabilities, and score objects.
+
+(Nonconformity: large means "this label does not conform". Confidence scores, where large means "sure",
+are :mod:`calib.selective`'s and the routing policies'.)
 
 Every score maps probabilities (n, k) to a score per (row, class): large means "this label does not
 conform". ``*_scores(probs, labels=None, ...)`` returns the (n,) scores of the given labels, or the
@@ -6,25 +9,31 @@ conform". ``*_scores(probs, labels=None, ...)`` returns the (n,) scores of the g
 ``{j : score_j <= qhat}``.
 
 Rank-based scores (APS, RAPS, SAPS, top-k) sort each row once, in row chunks of about
-``CHUNK_ELEMENTS`` entries, and accumulate in float64. Randomised scores take ``u`` of shape (n,):
-one uniform draw per row, shared by all the classes of that row (Romano et al., 2020).
+:data:`calib._chunks.SORT` entries, and accumulate in float64. Randomised scores take ``u`` of shape
+(n,): one uniform draw per row, shared by all the classes of that row (Romano et al., 2020).
+
+A conformal predictor holds one **score object** (:class:`Score`), chosen once at construction by
+:func:`make_score`: :class:`LAC`, :class:`APS`, :class:`RAPS`, :class:`SAPS`, :class:`TopK`, or
+:class:`CallableScore` for a user's function. The protocol is two operations, both chunked over rows:
+the scores of the true labels (for the quantile) and the sets for thresholds (one per alpha, or one
+per row and alpha). A new score is one new subclass registered in :data:`SCORES`.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-__all__ = ["lac_scores", "aps_scores", "raps_scores", "saps_scores", "topk_scores", "SCORES",
-           "sorted_order", "CHUNK_ELEMENTS", "label_rank_scores", "rank_sets", "lac_prob_threshold"]
+from calib import _chunks as chunking
 
-#: Entries of one (rows, k) chunk in the sorting passes (about 16 MB of float64).
-CHUNK_ELEMENTS = 1 << 21
+__all__ = ["lac_scores", "aps_scores", "raps_scores", "saps_scores", "topk_scores", "SCORES", "Score", "LAC", "APS",
+           "RAPS", "SAPS", "TopK", "CallableScore", "make_score", "sorted_order", "label_rank_scores", "rank_sets",
+           "lac_prob_threshold"]
 
 
 def _chunks(n, k):
-    rows = max(1, CHUNK_ELEMENTS // max(k, 1))
-    for start in range(0, n, rows):
-        yield slice(start, min(n, start + rows))
+    return chunking.row_slices(n, k, entries=chunking.SORT)
 
 
 def lac_scores(probs, labels=None):
@@ -249,5 +258,253 @@ def topk_scores(probs, labels=None, *, u=None):
     return _rank_scores(probs, labels, "topk", u)
 
 
-#: name -> (function, needs_sort)
-SCORES = {"lac": lac_scores, "aps": aps_scores, "raps": raps_scores, "saps": saps_scores, "topk": topk_scores}
+class Score:
+    """A nonconformity score: ``s(x, y)``, non-decreasing along each row's order of decreasing probability
+    for the rank scores. Subclasses set ``name`` and implement :meth:`_block` (scores of every class for
+    a chunk of rows) and, when faster, :meth:`label_scores` and :meth:`sets`.
+
+    Every method takes validated probabilities ``p`` (n, k) and ``u`` (n,) uniforms or None; scores are
+    float64. Score objects hold hyper-parameters only and are never changed after construction.
+    """
+
+    name = ""
+    #: whether a per-row uniform ``u`` applies (randomised sets); a subclass that uses ``u`` says so
+    randomizable = False
+    #: the predictors' hyper-parameters (``k_reg``, ``lam``, ``weight``) this score's constructor takes
+    takes = ()
+
+    def params(self):
+        """Hyper-parameters that define the score (JSON)."""
+        return {}
+
+    def label_scores(self, p, labels, u=None):
+        """Scores of the given labels, (n,) float64."""
+        n, k = p.shape
+        s = np.empty(n, dtype=np.float64)
+        for sl in _chunks(n, k):
+            s[sl] = np.take_along_axis(self._block(p[sl], None if u is None else u[sl]), labels[sl, None], 1)[:, 0]
+        return s
+
+    def blocks(self, p, u=None):
+        """Yield ``(row_slice, scores)`` with scores (rows, k) float64 of every class, in class order."""
+        n, k = p.shape
+        for sl in _chunks(n, k):
+            yield sl, self._block(p[sl], None if u is None else u[sl])
+
+    def matrix(self, p, u=None):
+        """Scores of every class, (n, k) float64."""
+        out = np.empty(p.shape, dtype=np.float64)
+        for sl, s in self.blocks(p, u):
+            out[sl] = s
+        return out
+
+    def sets(self, p, u, thresholds):
+        """Sets ``{j : s(x, j) <= t}`` as bool (n, k, m) for ``thresholds`` (m,) or per row (n, m)."""
+        n, k = p.shape
+        t = np.asarray(thresholds, dtype=np.float64)
+        m = t.shape[-1]
+        out = np.empty((n, k, m), dtype=bool)
+        for sl, s in self.blocks(p, u):
+            thr = t[None, None, :] if t.ndim == 1 else t[sl][:, None, :]
+            np.less_equal(s[:, :, None], thr, out=out[sl])
+        return out
+
+    def class_sets(self, p, u, thresholds):
+        """Sets with one threshold per class: class ``c`` is in iff ``s(x, c) <= thresholds[c, j]``;
+        ``thresholds`` (k, m), result (n, k, m)."""
+        n, k = p.shape
+        t = np.asarray(thresholds, dtype=np.float64)
+        out = np.empty((n, k, t.shape[1]), dtype=bool)
+        for sl, s in self.blocks(p, u):
+            np.less_equal(s[:, :, None], t[None, :, :], out=out[sl])
+        return out
+
+    def _block(self, block, u):
+        raise NotImplementedError
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.params() == other.params()
+
+    def __hash__(self):
+        return hash((type(self), tuple(sorted(self.params().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class LAC(Score):
+    """``1 - p_y`` (Sadinle, Lei & Wasserman, 2019); sets ``{j : p_j >= v(t)}`` compared in the input's
+    precision (:func:`lac_prob_threshold`), exactly the sets of ``1 - p_j <= t``."""
+
+    name = "lac"
+
+    def label_scores(self, p, labels, u=None):
+        return 1.0 - p[np.arange(p.shape[0]), labels].astype(np.float64)  # one gather: nothing to chunk
+
+    def _block(self, block, u):
+        return 1.0 - block.astype(np.float64)
+
+    @staticmethod
+    def prob_thresholds(thresholds, dtype):
+        """Probability cut-offs ``v`` with ``p >= v`` iff ``1 - p <= t``, in ``dtype`` when all finite."""
+        t = np.array([lac_prob_threshold(v, dtype) for v in np.ravel(thresholds)]).reshape(np.shape(thresholds))
+        return t.astype(dtype) if np.isfinite(t).all() else t
+
+    def sets(self, p, u, thresholds):
+        t = np.asarray(thresholds, dtype=np.float64)
+        if t.ndim == 2:
+            return super().sets(p, u, t)
+        v = self.prob_thresholds(t, p.dtype)
+        out = np.empty(p.shape + (t.size,), dtype=bool)
+        for j in range(t.size):  # one 2-D comparison per alpha (a trailing axis of 1 is a slow inner loop)
+            np.greater_equal(p, v[j], out=out[:, :, j])
+        return out
+
+    def class_sets(self, p, u, thresholds):
+        t = np.asarray(thresholds, dtype=np.float64)
+        out = np.empty(p.shape + (t.shape[1],), dtype=bool)
+        for j in range(t.shape[1]):  # class c is in the set iff p_c >= v_c
+            v = np.array([lac_prob_threshold(x, p.dtype) for x in t[:, j]])
+            np.greater_equal(p, v[None, :].astype(np.float64) if not np.isfinite(v).all()
+                             else v.astype(p.dtype)[None, :], out=out[:, :, j])
+        return out
+
+
+class _RankScore(Score):
+    """Scores that depend on a class's rank in its row: labels scored in O(k) per row without a sort,
+    sets built from a partial sort (:func:`label_rank_scores`, :func:`rank_sets`), on worker threads."""
+
+    randomizable = True
+
+    def _kw(self):
+        return self.params()
+
+    def label_scores(self, p, labels, u=None):
+        n, k = p.shape
+        s = np.empty(n, dtype=np.float64)
+
+        def one_chunk(sl):
+            s[sl] = label_rank_scores(p[sl], labels[sl], self.name, None if u is None else u[sl], **self._kw())
+
+        chunking.map_row_chunks(one_chunk, n, k, entries=chunking.FUSED)  # chunks write their own rows: same scores on any threads
+        return s
+
+    def _block(self, block, u):
+        order = sorted_order(block)
+        s = _rank_scores_sorted(np.take_along_axis(block, order, axis=1), self.name, u, **self._kw())
+        out = np.empty_like(s)
+        np.put_along_axis(out, order, s, axis=1)
+        return out
+
+    def sets(self, p, u, thresholds):
+        n, k = p.shape
+        t = np.asarray(thresholds, dtype=np.float64)
+        m = t.shape[-1]
+        out = np.empty((n, k, m), dtype=bool)
+
+        def one_chunk(sl):
+            thr = np.broadcast_to(t[None, :], (sl.stop - sl.start, m)) if t.ndim == 1 else t[sl]
+            rank_sets(p[sl], self.name, None if u is None else u[sl], thr, out[sl], **self._kw())
+
+        chunking.map_row_chunks(one_chunk, n, k, entries=chunking.FUSED)  # chunks write their own rows: same sets on any threads
+        return out
+
+
+class APS(_RankScore):
+    """Adaptive prediction sets (Romano, Sesia & Candès, 2020): :func:`aps_scores`."""
+
+    name = "aps"
+
+
+class RAPS(_RankScore):
+    """Regularised APS (Angelopoulos et al., 2021): :func:`raps_scores` with ``k_reg`` and ``lam``."""
+
+    name = "raps"
+    takes = ("k_reg", "lam")
+
+    def __init__(self, k_reg=1, lam=0.01):
+        if isinstance(k_reg, bool) or not isinstance(k_reg, numbers.Integral) or k_reg < 0:
+            raise ValueError(f"Expected k_reg as an integer >= 0, got {k_reg!r}.")
+        _check_nonneg(lam, "lam")
+        self.k_reg, self.lam = int(k_reg), float(lam)
+
+    def params(self):
+        return {"k_reg": self.k_reg, "lam": self.lam}
+
+
+class SAPS(_RankScore):
+    """Sorted adaptive prediction sets (Huang et al., 2024): :func:`saps_scores` with rank ``weight`` > 0."""
+
+    name = "saps"
+    takes = ("weight",)
+
+    def __init__(self, weight=0.2):
+        _check_nonneg(weight, "weight")
+        if not weight > 0:
+            raise ValueError(f"Expected weight > 0 for score 'saps', got {weight!r}.")
+        self.weight = float(weight)
+
+    def params(self):
+        return {"weight": self.weight}
+
+
+class TopK(_RankScore):
+    """The label's rank: sets are the top-k classes (:func:`topk_scores`)."""
+
+    name = "topk"
+
+
+class CallableScore(Score):
+    """A user's function ``probs (n, k) -> scores (n, k)``; evaluated once on the whole array (it may not
+    be row-separable), so it cannot be stored in an artifact."""
+
+    def __init__(self, fn):
+        if not callable(fn):
+            raise TypeError(f"Expected a callable score, got {fn!r}.")
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "callable")
+
+    def blocks(self, p, u=None):
+        s = np.asarray(self.fn(p), dtype=np.float64)
+        if s.shape != p.shape:
+            raise ValueError(f"Expected the score callable to return shape {p.shape}, got {s.shape}.")
+        yield slice(0, p.shape[0]), s
+
+    def label_scores(self, p, labels, u=None):
+        (_, s), = self.blocks(p)
+        return s[np.arange(s.shape[0]), labels]
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.fn is other.fn
+
+    def __hash__(self):
+        return hash(self.fn)
+
+
+def _check_nonneg(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v >= 0 and np.isfinite(v)):
+        raise ValueError(f"Expected {name} as a finite number >= 0, got {v!r}.")
+
+
+#: score name -> :class:`Score` subclass (the names a config or an artifact may use)
+SCORES = {cls.name: cls for cls in (LAC, APS, RAPS, SAPS, TopK)}
+
+
+def make_score(score, **params):
+    """The :class:`Score` for a name of :data:`SCORES` (given only the hyper-parameters it takes), a
+    :class:`Score` instance (returned as is), or a callable (wrapped in :class:`CallableScore`).
+
+    >>> make_score("raps", k_reg=2, lam=0.1, weight=0.2)
+    RAPS(k_reg=2, lam=0.1)
+    """
+    if isinstance(score, Score):
+        return score
+    if isinstance(score, str):
+        if score not in SCORES:
+            raise ValueError(f"Expected score as one of {sorted(SCORES)} or a callable, got {score!r}.")
+        cls = SCORES[score]
+        return cls(**{n: params[n] for n in cls.takes if n in params})
+    if callable(score):
+        return CallableScore(score)
+    raise TypeError(f"Expected score as one of {sorted(SCORES)} or a callable, got {type(score).__name__} {score!r}.")

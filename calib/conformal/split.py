@@ -12,16 +12,13 @@ import numbers
 
 import numpy as np
 
-from calib._threads import map_threads
 from calib._validation import as_array, check_choice, check_fraction, check_labels, check_probs
-from calib.calibrators.base import NotFittedError
+from calib.base import Component, NotFittedError, constructor_params  # noqa: F401  (NotFittedError: re-export)
 from calib.conformal import scores as _scores
 from calib.conformal.quantile import conformal_quantile, conformal_rank
 
 __all__ = ["SplitConformal", "ConformalBase", "check_alpha"]
 
-RANK_SCORES = ("aps", "raps", "saps", "topk")
-SCORE_NAMES = ("lac",) + RANK_SCORES
 RAPS_LAMBDA_GRID = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -34,8 +31,14 @@ def check_alpha(alpha):
     return check_fraction(alpha, "alpha")
 
 
-class ConformalBase:
-    """Shared parts: score configuration, randomisation policy, validation, (de)serialisation.
+class ConformalBase(Component):
+    """Shared parts of every conformal predictor: the score object, thresholds, randomisation, validation,
+    state (:class:`calib.base.Component`).
+
+    The score is chosen once at construction (:func:`calib.conformal.scores.make_score`); fitting may
+    replace it by a fitted copy ``score_`` (tuned RAPS). Thresholds are stored as ``thresholds_``, always
+    an array with one entry per alpha (per stratum and alpha for Mondrian); ``qhat_`` shows them as a
+    float for one alpha.
 
     Randomisation policy (reproducible sets): the uniform draws ``u`` (one per row) come from
     ``numpy.random.default_rng([seed, 0])`` at fit and ``default_rng([seed, 1])`` at *every*
@@ -43,31 +46,28 @@ class ConformalBase:
     artifact round trip. ``u`` is independent of the data, which is all validity needs.
     """
 
-    kind = ""
+    _fit_hint = "fit(probs, labels) before predict_set()"
 
     def __init__(self, *, score="lac", alpha=0.1, randomized=False, k_reg=1, lam=0.01, weight=0.2,
                  seed=0, allow_infinite=False):
-        if callable(score):
-            self.score = score
-        else:
-            self.score = check_choice(score, "score", SCORE_NAMES)
+        if not (callable(score) or isinstance(score, _scores.Score)):
+            score = check_choice(score, "score", tuple(_scores.SCORES))
+        self.score = score
         self.alpha = check_alpha(alpha)
         if not isinstance(randomized, bool):
             raise TypeError(f"Expected randomized as a bool, got {type(randomized).__name__} {randomized!r}.")
-        if randomized and (callable(score) or score == "lac"):
-            raise ValueError(f"Expected randomized=False for score {score!r}; randomisation applies to "
-                             f"{sorted(RANK_SCORES)}.")
-        self.randomized = randomized
         if isinstance(k_reg, bool) or not isinstance(k_reg, numbers.Integral) or k_reg < 0:
             raise ValueError(f"Expected k_reg as an integer >= 0, got {k_reg!r}.")
-        self.k_reg = int(k_reg)
         for name, v in (("lam", lam), ("weight", weight)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v >= 0 and np.isfinite(v)):
                 raise ValueError(f"Expected {name} as a finite number >= 0, got {v!r}.")
-        if score == "saps" and not weight > 0:
-            raise ValueError(f"Expected weight > 0 for score 'saps', got {weight!r}.")
-        self.lam = float(lam)
-        self.weight = float(weight)
+        self.k_reg, self.lam, self.weight = int(k_reg), float(lam), float(weight)
+        self._score = _scores.make_score(score, k_reg=self.k_reg, lam=self.lam, weight=self.weight)
+        if randomized and not self._score.randomizable:
+            randomizable = sorted(n for n, c in _scores.SCORES.items() if c.randomizable)
+            raise ValueError(f"Expected randomized=False for score {self.score_name!r}; randomisation applies to "
+                             f"{randomizable}.")
+        self.randomized = randomized
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"Expected seed as an integer >= 0, got {seed!r}.")
         self.seed = int(seed)
@@ -78,179 +78,110 @@ class ConformalBase:
     # --- scores ---------------------------------------------------------------------------------
     @property
     def score_name(self):
-        return self.score if isinstance(self.score, str) else getattr(self.score, "__name__", "callable")
+        return self._score.name
+
+    @property
+    def scorer(self):
+        """The score object in use: the fitted one (``score_``) after ``fit``, else the configured one."""
+        return self.__dict__.get("score_", self._score)
+
+    @property
+    def k_reg_(self):
+        return self._fitted_raps("k_reg")
+
+    @property
+    def lam_(self):
+        return self._fitted_raps("lam")
+
+    def _fitted_raps(self, name):
+        if not isinstance(self.__dict__.get("score_"), _scores.RAPS):
+            raise AttributeError(f"{name}_ (the fitted RAPS parameter) exists after fitting a 'raps' score only.")
+        return getattr(self.score_, name)
 
     def _u(self, n, stream):
         if not self.randomized:
             return None
         return np.random.default_rng([self.seed, stream]).random(n)
 
-    def _score_kwargs(self):
-        if self.score == "raps":
-            return {"k_reg": getattr(self, "k_reg_", self.k_reg), "lam": getattr(self, "lam_", self.lam)}
-        if self.score == "saps":
-            return {"weight": self.weight}
-        return {}
-
     def label_scores(self, probs, labels, u=None):
-        """Scores of the given labels, shape (n,), float64."""
-        if callable(self.score):
-            s = np.asarray(self.score(probs), dtype=np.float64)
-            if s.shape != probs.shape:
-                raise ValueError(f"Expected the score callable to return shape {probs.shape}, got {s.shape}.")
-            return s[np.arange(s.shape[0]), labels]
-        if self.score == "lac":
-            return _scores.lac_scores(probs, labels)
-        return _scores._rank_scores(probs, labels, self.score, u, **self._score_kwargs())
-
-    def iter_score_blocks(self, probs, u=None, *, original_order=True):
-        """Yield ``(row_slice, scores, order)``: scores (rows, k) float64 in the original class order
-        (``order`` None), or in sorted order with the column ``order`` when ``original_order=False``."""
-        n, k = probs.shape
-        if callable(self.score):
-            s = np.asarray(self.score(probs), dtype=np.float64)
-            if s.shape != probs.shape:
-                raise ValueError(f"Expected the score callable to return shape {probs.shape}, got {s.shape}.")
-            yield slice(0, n), s, None
-            return
-        for sl in _scores._chunks(n, k):
-            block = probs[sl]
-            if self.score == "lac":
-                yield sl, 1.0 - block.astype(np.float64), None
-                continue
-            order = _scores.sorted_order(block)
-            s = _scores._rank_scores_sorted(np.take_along_axis(block, order, axis=1), self.score,
-                                            None if u is None else u[sl], **self._score_kwargs())
-            if original_order:
-                out = np.empty_like(s)
-                np.put_along_axis(out, order, s, axis=1)
-                yield sl, out, None
-            else:
-                yield sl, s, order
+        """Scores of the given labels, shape (n,), float64 (``u``: per-row uniforms or None)."""
+        return self.scorer.label_scores(np.asarray(probs), np.asarray(labels), u)
 
     def score_matrix(self, probs):
         """Scores of every class, shape (n, k), with the predict-time randomisation."""
         p = self._check_predict_probs(probs)
-        out = np.empty(p.shape, dtype=np.float64)
-        for sl, s, _ in self.iter_score_blocks(p, self._u(p.shape[0], 1)):
-            out[sl] = s
-        return out
+        return self.scorer.matrix(p, self._u(p.shape[0], 1))
 
     # --- validation ---------------------------------------------------------------------------------
     @property
     def alphas(self):
         return self.alpha if isinstance(self.alpha, tuple) else (self.alpha,)
 
+    @property
+    def qhat_(self):
+        """The fitted threshold(s): float for one alpha, ndarray (n_alphas,) for several (Mondrian: one
+        row per stratum)."""
+        if "thresholds_" not in self.__dict__:
+            raise AttributeError("qhat_ exists after fit().")
+        return self._shape(self.thresholds_)
+
+    def _shape(self, t):
+        """Thresholds as the user sees them: the alpha axis dropped for a single alpha."""
+        if isinstance(self.alpha, tuple):
+            return t
+        return float(t[0]) if t.ndim == 1 else t[:, 0]
+
     def _check_fit_inputs(self, probs, labels):
         p = check_probs(probs, "probs")
         y = check_labels(labels, "labels", n_samples=p.shape[0], n_classes=p.shape[1])
         return p, y
 
-    def _label_scores_chunked(self, p, y, u):
-        """Scores of the labels, computed chunk by chunk (cache-sized, no sort for rank scores)."""
-        if callable(self.score):
-            return self.label_scores(p, y, u)
-        n, k = p.shape
-        if self.score == "lac":  # one gather of n entries: nothing to chunk
-            return 1.0 - p[np.arange(n), y].astype(np.float64)
-        s = np.empty(n, dtype=np.float64)
-
-        def one_chunk(sl):
-            s[sl] = _scores.label_rank_scores(p[sl], y[sl], self.score, None if u is None else u[sl],
-                                              **self._score_kwargs())
-
-        map_threads(one_chunk, _row_chunks(n, k))  # chunks write their own rows: any thread count, same scores
-        return s
-
-    def _sets_fast(self, p, thr_rows=None):
-        """Sets (n, k, m) for thresholds ``qhat_`` (m,) or per-row thresholds ``thr_rows`` (n, m)."""
-        n, k = p.shape
-        q = np.atleast_1d(np.asarray(self.qhat_, dtype=np.float64))
-        m = q.size if thr_rows is None else thr_rows.shape[1]
-        out = np.empty((n, k, m), dtype=bool)
-        u = self._u(n, 1)
-        if callable(self.score):
-            for sl, s, _ in self.iter_score_blocks(p, u):
-                thr = q[None, None, :] if thr_rows is None else thr_rows[sl][:, None, :]
-                np.less_equal(s[:, :, None], thr, out=out[sl])
-            return out
-        if self.score == "lac" and thr_rows is None:
-            t = np.array([_scores.lac_prob_threshold(v, p.dtype) for v in q])
-            t = t.astype(p.dtype) if np.isfinite(t).all() else t
-            for j in range(m):  # one 2-D comparison per alpha (a trailing axis of 1 is a slow inner loop)
-                np.greater_equal(p, t[j], out=out[:, :, j])
-            return out
-
-        def one_chunk(sl):
-            block = p[sl]
-            thr = np.broadcast_to(q[None, :], (block.shape[0], m)) if thr_rows is None else thr_rows[sl]
-            if self.score == "lac":
-                np.less_equal(1.0 - block.astype(np.float64)[:, :, None], thr[:, None, :], out=out[sl])
-            else:
-                _scores.rank_sets(block, self.score, None if u is None else u[sl], thr, out[sl],
-                                  **self._score_kwargs())
-
-        map_threads(one_chunk, _row_chunks(n, k))  # chunks write their own rows: any thread count, same sets
-        return out
-
-    def _common_state(self):
-        """State shared by every predictor: class count, calibration size, tuned RAPS parameters."""
-        self._check_fitted()
-        state = {"n_classes": self.n_classes_, "n_calibration": self.n_calibration_}
-        if self.score == "raps":
-            state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
-        return state
-
-    @classmethod
-    def _from_common_state(cls, params, state):
-        """A new predictor built from ``params`` with the state of :meth:`_common_state` restored."""
-        obj = cls(**params)
-        obj.n_classes_, obj.n_calibration_ = int(state["n_classes"]), int(state["n_calibration"])
-        if "k_reg" in state:
-            obj.k_reg_, obj.lam_ = int(state["k_reg"]), float(state["lam"])
-        return obj
-
-    def _check_fitted(self):
-        if not hasattr(self, "qhat_"):
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted yet; call fit(probs, labels) before predict_set()."
-            )
+    def _reset(self):
+        for attr in ("thresholds_", "score_", "n_classes_", "n_calibration_"):
+            self.__dict__.pop(attr, None)
 
     def _check_predict_probs(self, probs):
         self._check_fitted()
         return check_probs(probs, "probs", n_classes=self.n_classes_)
 
-    def _quantile(self, s):
-        q = conformal_quantile(s, list(self.alphas), allow_infinite=self.allow_infinite)
-        return q
+    def _sets(self, p, thresholds):
+        """Sets (n, k, m) for thresholds (m,), with the predict-time randomisation."""
+        return self.scorer.sets(p, self._u(p.shape[0], 1), thresholds)
 
-    def _shape_qhat(self, q):
-        """float for one alpha, ndarray (m,) for several."""
-        q = np.asarray(q, dtype=np.float64)
-        return float(q[0]) if not isinstance(self.alpha, tuple) else q
+    def _finish(self, out):
+        return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
 
     # --- parameters and state -----------------------------------------------------------------------
     def get_params(self):
         """Constructor arguments, JSON-serialisable."""
-        if callable(self.score):
+        if not isinstance(self.score, str):
+            what = "callable" if isinstance(self._score, _scores.CallableScore) else "score object"
             raise TypeError(
-                f"Expected a named score to store {type(self).__name__} in an artifact, got the callable "
-                f"{self.score_name!r}; callables cannot be saved (valid names: {sorted(SCORE_NAMES)})."
+                f"Expected a named score to store {type(self).__name__} in an artifact, got the {what} "
+                f"{self.score_name!r}; callables cannot be saved, nor unregistered score objects "
+                f"(valid names: {sorted(_scores.SCORES)})."
             )
-        import inspect
+        return constructor_params(self)
 
-        sig = inspect.signature(type(self).__init__)
-        out = {}
-        for name in sig.parameters:
-            if name == "self":
-                continue
-            v = getattr(self, name)
-            out[name] = list(v) if isinstance(v, tuple) else v
-        return out
+    def _get_state(self):
+        """Calibration size, tuned RAPS parameters; thresholds as an array (IEEE infinities round-trip)."""
+        state = {"n_calibration": self.n_calibration_}
+        if isinstance(self.scorer, _scores.RAPS):
+            state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
+        return state, {"thresholds": self.thresholds_}
 
-    def __repr__(self):
-        params = {k: getattr(self, k) for k in ("score", "alpha")}
-        return f"{type(self).__name__}(score={self.score_name!r}, alpha={params['alpha']!r})"
+    def _set_state(self, state, arrays):
+        self.n_calibration_ = int(state.pop("n_calibration"))
+        if "k_reg" in state:
+            self.score_ = _scores.RAPS(k_reg=int(state.pop("k_reg")), lam=float(state.pop("lam")))
+        if "thresholds" in arrays:
+            t = np.asarray(arrays["thresholds"], dtype=np.float64)
+        else:  # artifacts written before thresholds moved to arrays: state["qhat"], "inf"/"-inf" as strings
+            t = np.atleast_1d(np.asarray(_from_json(state.pop("qhat")), dtype=np.float64))
+        self.thresholds_ = t
+
+    def _repr_params(self):
+        return {"score": self.score_name, "alpha": self.alpha}
 
 
 class SplitConformal(ConformalBase):
@@ -310,24 +241,24 @@ class SplitConformal(ConformalBase):
     def fit(self, probs, labels, groups=None):
         """Compute ``qhat_`` from calibration probabilities (n, k) and labels (n,); ``groups`` is ignored."""
         p, y = self._check_fit_inputs(probs, labels)
-        for attr in ("qhat_", "k_reg_", "lam_"):
-            self.__dict__.pop(attr, None)
+        self._reset()
+        score = self._score
         if self.tune:
             perm = np.random.default_rng([self.seed, 2]).permutation(p.shape[0])
             n_tune = int(round(self.tune_fraction * p.shape[0]))
             tune_idx, cal_idx = np.sort(perm[:n_tune]), np.sort(perm[n_tune:])
-            self.k_reg_, self.lam_ = self._tune_raps(p[tune_idx], y[tune_idx])
+            score = self._tune_raps(p[tune_idx], y[tune_idx])
             p, y = p[cal_idx], y[cal_idx]
-        elif self.score == "raps":
-            self.k_reg_, self.lam_ = self.k_reg, self.lam
-        s = self._label_scores_chunked(p, y, self._u(p.shape[0], 0))
-        q = self._quantile(s)
-        self.n_classes_ = int(p.shape[1])
+        s = score.label_scores(p, y, self._u(p.shape[0], 0))
+        self.thresholds_ = np.asarray(conformal_quantile(s, list(self.alphas), allow_infinite=self.allow_infinite),
+                                      dtype=np.float64)
+        self.score_ = score
         self.n_calibration_ = int(p.shape[0])
-        self.qhat_ = self._shape_qhat(q)
+        self.n_classes_ = int(p.shape[1])
         return self
 
     def _tune_raps(self, p, y):
+        """RAPS with ``k_reg`` and ``lam`` chosen on the tuning rows (see the class docstring)."""
         alpha = min(self.alphas)
         n = p.shape[0]
         order = _scores.sorted_order(p)
@@ -340,68 +271,38 @@ class SplitConformal(ConformalBase):
         u_fit = self._u(n, 3)
         best = None
         for lam in RAPS_LAMBDA_GRID:
-            s_lab = _scores.raps_scores(p, y, u=u_fit, k_reg=k_reg, lam=lam)
-            q = conformal_quantile(s_lab, alpha)
-            s_all = _scores.raps_scores(p, u=u_fit, k_reg=k_reg, lam=lam)
-            size = float((s_all <= q).sum(axis=1).mean())
+            candidate = _scores.RAPS(k_reg=k_reg, lam=lam)
+            q = conformal_quantile(candidate.label_scores(p, y, u_fit), alpha)
+            size = float((candidate.matrix(p, u_fit) <= q).sum(axis=1).mean())
             if best is None or size < best[0] - 1e-12:
-                best = (size, lam)
-        return k_reg, float(best[1])
+                best = (size, candidate)
+        return best[1]
 
     def predict_set(self, probs, groups=None):
         """Boolean sets: (n, k) for one alpha, (n, k, n_alphas) for a list; ``groups`` is ignored."""
-        if self.score == "lac" and not callable(self.score):
-            out = self._lac_sets_checked(probs)
-        else:
-            out = self._sets_fast(self._check_predict_probs(probs))
-        return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
+        if isinstance(self.scorer, _scores.LAC):
+            return self._finish(self._lac_sets_checked(probs))
+        return self._finish(self._sets(self._check_predict_probs(probs), self.thresholds_))
 
     def _lac_sets_checked(self, probs):
         """LAC sets computed inside the validation pass (one read of ``probs``): ``p >= v(qhat)``."""
         self._check_fitted()
         p = as_array(probs, "probs")
         if p.ndim != 2 or p.dtype not in (np.float32, np.float64):
-            return self._sets_fast(self._check_predict_probs(p))
-        q = np.atleast_1d(np.asarray(self.qhat_, dtype=np.float64))
-        t = np.array([_scores.lac_prob_threshold(v, p.dtype) for v in q])
-        t = t.astype(p.dtype) if np.isfinite(t).all() else t
-        out = np.empty((p.shape[0], p.shape[1], q.size), dtype=bool)
+            return self._sets(self._check_predict_probs(p), self.thresholds_)
+        t = _scores.LAC.prob_thresholds(self.thresholds_, p.dtype)
+        out = np.empty((p.shape[0], p.shape[1], t.size), dtype=bool)
 
         def compare(start, block):
-            for j in range(q.size):  # one 2-D comparison per alpha
+            for j in range(t.size):  # one 2-D comparison per alpha
                 np.greater_equal(block, t[j], out=out[start:start + block.shape[0], :, j])
 
         check_probs(p, "probs", n_classes=self.n_classes_, on_chunk=compare)
         return out
 
-    def get_state(self):
-        return {**self._common_state(), "qhat": _to_json(self.qhat_)}, {}
-
-    @classmethod
-    def from_state(cls, params, state, arrays):
-        obj = cls._from_common_state(params, state)
-        obj.qhat_ = obj._shape_qhat(np.asarray(_from_json(state["qhat"]), dtype=np.float64).ravel())
-        return obj
-
-
-#: Elements per chunk of the fused passes (1 MB of float32: stays in cache between the steps).
-FAST_CHUNK_ELEMENTS = 1 << 18
-
-
-def _row_chunks(n, k):
-    rows = max(1, FAST_CHUNK_ELEMENTS // max(k, 1))
-    for start in range(0, n, rows):
-        yield slice(start, min(n, start + rows))
-
-
-def _to_json(q):
-    """qhat as JSON: floats, with +-inf stored as the strings "inf"/"-inf" (strict JSON has no infinity)."""
-    a = np.atleast_1d(np.asarray(q, dtype=np.float64))
-    vals = [(("inf" if v > 0 else "-inf") if np.isinf(v) else float(v)) for v in a]
-    return vals if np.ndim(q) else vals[0]
-
 
 def _from_json(v):
+    """A threshold as schema-1 artifacts stored it in JSON: a float, or "inf"/"-inf" (or a list of them)."""
     if isinstance(v, list):
         return [float(x) for x in v]  # float("inf") and float("-inf") parse the stored strings
     return float(v)

@@ -21,10 +21,10 @@ import numbers
 import numpy as np
 
 from calib._validation import check_choice, check_fraction, check_labels, check_probs, check_probs_labels
-from calib.calibrators.base import constructor_params
+from calib.base import Component, NotFittedError  # noqa: F401  (NotFittedError: re-export)
 from calib.policy.costs import as_cost_model
 from calib.policy.guarantees import Guarantee, ltt_threshold
-from calib.selective import SCORES, confidence_scores
+from calib.selective import CONFIDENCES, confidence_scores
 
 __all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
            "RiskControlPolicy", "ConformalRoutingPolicy", "CostPolicy"]
@@ -32,10 +32,6 @@ __all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "Decision", "RoutingPoli
 ANSWER, ESCALATE, FALLBACK = 0, 1, 2
 ACTIONS = ("answer", "escalate", "fallback")
 FALLBACK_MODES = ("auto", "extras", "none", "majority")
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when ``route`` is called before ``fit``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +62,11 @@ def _check_fallback_mode(value):
     raise TypeError(f"Expected fallback as one of {list(FALLBACK_MODES)} or a class index, got {value!r}.")
 
 
-class RoutingPolicy:
-    """Base class. Subclasses set ``kind`` and implement ``_fit`` and ``_actions``."""
+class RoutingPolicy(Component):
+    """Base class (:class:`calib.base.Component`). Subclasses set ``kind`` and implement ``_fit`` and
+    ``_actions``; ``route`` never changes the policy."""
 
-    kind: str = ""
+    _fit_hint = "fit(probs, labels) before route()"
     #: whether the policy routes on conformal prediction sets
     needs_sets: bool = False
 
@@ -105,31 +102,10 @@ class RoutingPolicy:
             output = np.where(actions == FALLBACK, fb, output)
         return Decision(actions=actions, prediction=pred, fallback=fb, output=output)
 
-    @property
-    def uses_fallback(self):
-        return self.fallback != "none"
-
     def guarantee(self):
         """Guarantee section for reports (all None for policies without one)."""
         return {"target_risk": None, "delta": None, "threshold": None, "risk_upper_bound": None,
                 "certified": None}
-
-    def get_params(self) -> dict:
-        return constructor_params(self)
-
-    def get_state(self):
-        self._check_fitted()
-        scalars, arrays = self._get_state()
-        return {"n_classes": self.n_classes_, "majority_class": self.majority_class_, **scalars}, arrays
-
-    @classmethod
-    def from_state(cls, params, state, arrays):
-        obj = cls(**params)
-        state = dict(state)
-        obj.n_classes_ = int(state.pop("n_classes"))
-        obj.majority_class_ = int(state.pop("majority_class"))
-        obj._set_state(state, arrays)
-        return obj
 
     # --- helpers ------------------------------------------------------------------------------------
     def _fallback_labels(self, n, fallback):
@@ -162,36 +138,37 @@ class RoutingPolicy:
             raise ValueError(f"Expected sets as a boolean array of shape {shape}, got dtype {s.dtype}, shape {s.shape}.")
         return s
 
-    def _check_fitted(self):
-        if not hasattr(self, "n_classes_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(probs, labels) before route().")
-
     def _fit(self, probs, labels, sets, fallback):
         pass
 
     def _get_state(self):
-        return {}, {}
+        return {"majority_class": self.majority_class_}, {}
 
     def _set_state(self, state, arrays):
-        pass
+        self.majority_class_ = int(state.pop("majority_class"))
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k != "costs")
-        return f"{type(self).__name__}({args})"
+    @classmethod
+    def _upgrade_params(cls, params):
+        if "score" in params and "confidence" not in params:  # calib <= 0.1 called the confidence score "score"
+            params["confidence"] = params.pop("score")
+        return params
+
+    def _repr_params(self):
+        return {k: v for k, v in self.get_params().items() if k != "costs"}
 
 
 class _ScoreThresholdPolicy(RoutingPolicy):
     """Answer when the confidence score is >= ``threshold_``; otherwise fall back when the model gives the
     fallback's label a probability >= ``fallback_threshold``; otherwise escalate."""
 
-    def _init_score(self, score, fallback_threshold):
-        self.score = check_choice(score, "score", SCORES)
+    def _init_confidence(self, confidence, fallback_threshold):
+        self.confidence = check_choice(confidence, "confidence", CONFIDENCES)
         if fallback_threshold is not None:
             fallback_threshold = check_fraction(fallback_threshold, "fallback_threshold", inclusive=True)
         self.fallback_threshold = fallback_threshold
 
     def _actions(self, p, pred, sets, fb):
-        s = confidence_scores(p, self.score)
+        s = confidence_scores(p, self.confidence)
         actions = np.where(s >= self.threshold_, ANSWER, ESCALATE)
         if fb is not None and self.fallback_threshold is not None:
             p_fb = np.take_along_axis(p, fb[:, None], axis=1)[:, 0]
@@ -199,9 +176,11 @@ class _ScoreThresholdPolicy(RoutingPolicy):
         return actions
 
     def _get_state(self):
-        return {}, {"threshold": np.asarray([self.threshold_], dtype=np.float64)}
+        scalars, arrays = super()._get_state()
+        return scalars, {**arrays, "threshold": np.asarray([self.threshold_], dtype=np.float64)}
 
     def _set_state(self, state, arrays):
+        super()._set_state(state, arrays)
         self.threshold_ = float(np.asarray(arrays["threshold"]).reshape(-1)[0])
 
 
@@ -217,10 +196,10 @@ class ThresholdPolicy(_ScoreThresholdPolicy):
 
     kind = "threshold"
 
-    def __init__(self, *, threshold=None, target_coverage=None, score="max_prob", fallback_threshold=None,
+    def __init__(self, *, threshold=None, target_coverage=None, confidence="max_prob", fallback_threshold=None,
                  fallback="auto", costs=None):
         super().__init__(fallback=fallback, costs=costs)
-        self._init_score(score, fallback_threshold)
+        self._init_confidence(confidence, fallback_threshold)
         if (threshold is None) == (target_coverage is None):
             raise ValueError(f"Expected exactly one of threshold or target_coverage, got threshold={threshold!r}, "
                              f"target_coverage={target_coverage!r}.")
@@ -237,7 +216,7 @@ class ThresholdPolicy(_ScoreThresholdPolicy):
         if self.threshold is not None:
             self.threshold_ = self.threshold
         else:
-            s = np.sort(confidence_scores(p, self.score))[::-1]
+            s = np.sort(confidence_scores(p, self.confidence))[::-1]
             self.threshold_ = float(s[max(1, math.ceil(self.target_coverage * s.size)) - 1])
 
 
@@ -250,10 +229,10 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
 
     kind = "risk_control"
 
-    def __init__(self, *, target_risk=0.05, delta=0.1, max_escalation=None, score="max_prob", grid_size=None,
+    def __init__(self, *, target_risk=0.05, delta=0.1, max_escalation=None, confidence="max_prob", grid_size=None,
                  fallback_threshold=None, fallback="auto", costs=None):
         super().__init__(fallback=fallback, costs=costs)
-        self._init_score(score, fallback_threshold)
+        self._init_confidence(confidence, fallback_threshold)
         self.target_risk = None if target_risk is None else check_fraction(target_risk, "target_risk")
         self.delta = check_fraction(delta, "delta")
         self.max_escalation = None if max_escalation is None else check_fraction(max_escalation, "max_escalation")
@@ -266,7 +245,7 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
         self.grid_size = grid_size
 
     def _fit(self, p, y, sets, fb):
-        conf = confidence_scores(p, self.score)
+        conf = confidence_scores(p, self.confidence)
         correct = p.argmax(axis=1) == y
         g = ltt_threshold(conf, correct, target_risk=self.target_risk, delta=self.delta,
                           max_escalation=self.max_escalation, grid_size=self.grid_size)
@@ -280,11 +259,11 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
         scalars, arrays = super()._get_state()
         g = self.guarantee_.to_dict()
         g.pop("threshold")
-        return {"guarantee": g}, arrays
+        return {**scalars, "guarantee": g}, arrays
 
     def _set_state(self, state, arrays):
         super()._set_state(state, arrays)
-        self.guarantee_ = Guarantee(threshold=self.threshold_, **state["guarantee"])
+        self.guarantee_ = Guarantee(threshold=self.threshold_, **state.pop("guarantee"))
 
 
 class ConformalRoutingPolicy(RoutingPolicy):

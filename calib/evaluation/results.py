@@ -8,7 +8,8 @@ Used by ``experiments/aggregate.py``. Reads each run's ``metrics.json`` and ``.h
   ``calibrated``, ``calibrator`` (fitted scalars), conformal/policy sections when present, ``info``.
 * ``summary.md``: per configuration (the overrides except ``seed``), mean ± sample std over seeds of each
   section's scalar metrics (list entries and nested values are in results.csv only).
-* ``summary.png``: calibrated ECE and NLL per configuration (error bars: std over seeds), uncalibrated marked.
+* ``summary.png``: calibrated ECE and NLL per configuration (error bars: std over seeds), uncalibrated marked
+  (prepared here by :func:`summary_data`, drawn by :func:`calib.plotting.results.plot_summary`).
 * ``published.md``: our numbers beside published ones (a YAML table such as ``conf/published/kull2019.yaml``),
   with deltas.
 """
@@ -212,12 +213,10 @@ def summary_markdown(header, rows):
     return "\n".join(lines)
 
 
-def summary_figure(header, rows, path):
-    """Calibrated ECE and NLL per configuration (mean ± std over seeds), uncalibrated as open circles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def summary_data(header, rows):
+    """The numbers of summary.png (:class:`calib.plotting.results.SummaryData`): calibrated ECE and NLL per
+    configuration (mean ± std over seeds), uncalibrated means; None when there is nothing to draw."""
+    from calib.plotting.results import SummaryData
 
     groups = group_over_seeds(header, rows)
     configs = list(dict.fromkeys(g[0] for g in groups if g[1] == "calibrated"))
@@ -225,25 +224,28 @@ def summary_figure(header, rows, path):
     if not configs or not metrics:
         return None
     fixed = _fixed_keys(configs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.45 * len(configs) + 1.5), squeeze=False,
-                             layout="constrained")
-    if fixed:
-        fig.suptitle("All runs: " + ", ".join(f"{k}={v}" for k, v in configs[0] if k in fixed), fontsize=8)
-    y = np.arange(len(configs))
-    for ax, metric in zip(axes[0], metrics):
+    means, errors, befores = [], [], []
+    for metric in metrics:
         stats = [_mean_std(groups[(c, "calibrated", metric)]) for c in configs]
-        means = [s[0] for s in stats]
-        errs = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
-        ax.barh(y, means, xerr=errs, color="tab:blue", alpha=0.8, label="calibrated")
+        means.append([s[0] for s in stats])
+        errors.append([0.0 if math.isnan(s[1]) else s[1] for s in stats])
         before = [groups.get((c, "uncalibrated", metric)) for c in configs]
-        if all(b is not None for b in before):
-            ax.plot([_mean_std(b)[0] for b in before], y, "o", mfc="none", color="tab:red", label="uncalibrated")
-        ax.set_yticks(y, [_label(c, fixed) for c in configs], fontsize=7)
-        ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
-        ax.invert_yaxis()
-        ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        befores.append(np.array([_mean_std(b)[0] for b in before]) if all(b is not None for b in before) else None)
+    title = ("All runs: " + ", ".join(f"{k}={v}" for k, v in configs[0] if k in fixed)) if fixed else None
+    return SummaryData(tuple(metrics), tuple(_label(c, fixed) for c in configs), np.array(means), np.array(errors),
+                       tuple(befores), title)
+
+
+def summary_figure(header, rows, path):
+    """Write summary.png: calibrated ECE and NLL per configuration (mean ± std over seeds), uncalibrated as
+    open circles; returns ``path``, or None when no run has calibrated ECE or NLL."""
+    from calib.plotting import save_figure
+    from calib.plotting.results import plot_summary
+
+    data = summary_data(header, rows)
+    if data is None:
+        return None
+    save_figure(plot_summary(data), path, dpi=110, bbox_inches=None)
     return path
 
 

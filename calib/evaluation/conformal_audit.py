@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from calib.conformal.quantile import conformal_rank
-from calib.conformal.risk_control import risk_control_threshold
+from calib.conformal.risk_control import ConformalRiskControl, risk_control_threshold
 
 __all__ = ["AuditRow", "audit_predictor", "coverage_count_pmf", "AUDIT_CONFIGS"]
 
@@ -41,7 +41,7 @@ AUDIT_CONFIGS = {
     "raps_rand": ("split", dict(score="raps", randomized=True, k_reg=2, lam=0.01)),
     "saps_rand": ("split", dict(score="saps", randomized=True, weight=0.2)),
     "topk_rand": ("split", dict(score="topk", randomized=True)),
-    "risk_ctrl_miscov": ("risk_control", dict(loss="miscoverage", score="lac")),
+    "risk_ctrl_miscov": (ConformalRiskControl.kind, dict(loss="miscoverage", score="lac")),
     "mondrian_class_lac": ("mondrian", dict(condition="class", score="lac")),
     "mondrian_class_aps_rand": ("mondrian", dict(condition="class", score="aps", randomized=True)),
     "mondrian_group_lac": ("mondrian", dict(condition="group", score="lac")),
@@ -121,8 +121,6 @@ def audit_predictor(predictor, probs, labels, *, alphas=(0.1,), n_splits=500, ca
     y = np.asarray(labels)
     N = y.shape[0]
     rng = np.random.default_rng([seed, 7])
-    if getattr(predictor, "score", None) == "raps":
-        predictor.k_reg_, predictor.lam_ = predictor.k_reg, predictor.lam
     u = rng.random(N) if predictor.randomized else None
     s = predictor.label_scores(p, y, u)
     condition = getattr(predictor, "condition", None)
@@ -142,7 +140,7 @@ def audit_predictor(predictor, probs, labels, *, alphas=(0.1,), n_splits=500, ca
         for i in range(n_splits):
             perm = rng.permutation(N)
             cal, test = s[perm[:n_cal]], s[perm[n_cal:]]
-            if predictor.kind == "risk_control":  # audit its own threshold rule, not the quantile
+            if isinstance(predictor, ConformalRiskControl):  # audit its own threshold rule, not the quantile
                 q = np.array([risk_control_threshold(cal, np.ones(n_cal), n_cal, a) for a in alphas])
             else:
                 ranks = [rank_of(n_cal, a) for a in alphas]

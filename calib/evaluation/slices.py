@@ -79,7 +79,6 @@ def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=
         size = np.bincount(idx, minlength=m)
         # ECE per slice from one (slice, bin) histogram
         cell = idx * n_bins + bins
-        cnt = np.bincount(cell, minlength=m * n_bins).reshape(m, n_bins)
         sconf = np.bincount(cell, weights=conf, minlength=m * n_bins).reshape(m, n_bins)
         shit = np.bincount(cell, weights=hit, minlength=m * n_bins).reshape(m, n_bins)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,38 +1,17 @@
-"""The conformal stage of :func:`calib.pipeline.fit_and_evaluate`: fit, predict, metrics section, figures."""
+"""The conformal stage of :func:`calib.evaluation.pipeline.fit_and_evaluate`: fit, predict, metrics section and
+the data of its figures (drawn by :meth:`calib.evaluation.pipeline.PipelineResult.write`)."""
 
 from __future__ import annotations
 
-import inspect
-import math
-
-import numpy as np
-
-from calib.conformal.metrics import set_metrics
+from calib._json import to_json
+from calib.evaluation.set_metrics import set_metrics
 
 __all__ = ["conformal_stage"]
 
 
-def _clone_with_alpha(predictor, alphas):
-    sig = inspect.signature(type(predictor).__init__)
-    params = {k: getattr(predictor, k) for k in sig.parameters if k != "self" and hasattr(predictor, k)}
-    params["alpha"] = list(alphas)
-    return type(predictor)(**params)
-
-
-def _json_q(q):
-    a = np.asarray(q, dtype=np.float64)
-    return np.where(np.isfinite(a), a, np.nan).tolist() if a.ndim else (float(a) if math.isfinite(a) else None)
-
-
-def _nan_to_none(x):
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
 def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *, cal_groups=None,
-                    test_groups=None, figures=True):
-    """Fit ``predictor`` on calibration probabilities, predict test sets, return (section, figures).
+                    test_groups=None, plots=True):
+    """Fit ``predictor`` on calibration probabilities, predict test sets, return (section, plot data).
 
     Parameters
     ----------
@@ -49,9 +28,10 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
         ``mean_set_size``, ``median_set_size``, ``singleton_rate``, ``empty_rate``, ``min_class_coverage``,
         ``class_coverage_gap``, ``violating_classes``, ``size_histogram``, ``size_stratified_coverage``,
         ``group_coverage`` (when groups exist). For a list of alphas each metric is a list (one per alpha).
-    figures : dict of file name -> matplotlib Figure
-        ``conformal_coverage.png`` (coverage vs alpha with the exact band), ``set_size_histogram.png``,
-        ``class_coverage.png``.
+    plot_data : dict of file name -> :class:`calib.plotting.FigureSpec`
+        ``conformal_coverage.png`` (coverage vs alpha with the exact band, :class:`CoverageCurveData`),
+        ``set_size_histogram.png`` (:class:`SetSizeData`), ``class_coverage.png`` (:class:`ClassCoverageData`),
+        all from :mod:`calib.plotting.conformal`; empty when ``plots`` is False. Nothing is drawn here.
     """
     if getattr(predictor, "condition", None) == "group" and (cal_groups is None or test_groups is None):
         raise ValueError(
@@ -71,8 +51,8 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
                "n_calibration": int(predictor.n_calibration_)}
     for key in keys:
         vals = [b[key] for b in blocks]
-        section[key] = _nan_to_none(vals if multi else vals[0])
-    section["qhat"] = _json_q(predictor.qhat_)
+        section[key] = to_json(vals if multi else vals[0])
+    section["qhat"] = to_json(predictor.qhat_)  # null = infinite (all-classes sets)
     if getattr(predictor, "condition", None) is not None:
         section["condition"] = predictor.condition
         section["strata"] = (predictor.groups_.tolist() if predictor.condition == "group"
@@ -81,27 +61,22 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
         section["small_strata"] = predictor.small_strata_.tolist()
     if hasattr(predictor, "k_reg_"):
         section["k_reg"], section["lam"] = int(predictor.k_reg_), float(predictor.lam_)
-    figs = {}
-    if figures:
-        import matplotlib
+    plot_data = {}
+    if plots:
+        from calib.plotting import FigureSpec
+        from calib.plotting import conformal as cplots
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        from calib.conformal import plots
-
-        data = plots.prepare_coverage_curve(lambda al: _clone_with_alpha(predictor, al), cal_probs, cal_labels,
-                                            test_probs, test_labels, cal_groups=cal_groups, test_groups=test_groups)
-        fig, ax = plt.subplots(figsize=(5, 4))
-        plots.plot_coverage_curve(data, ax=ax)
-        ax.set_title(f"{predictor.kind}/{predictor.score_name}: coverage vs alpha", fontsize=9)
-        figs["conformal_coverage.png"] = fig
+        curve = cplots.prepare_coverage_curve(lambda al: predictor.clone(alpha=list(al)), cal_probs, cal_labels,
+                                              test_probs, test_labels, cal_groups=cal_groups,
+                                              test_groups=test_groups)
         first = sets[:, :, 0] if multi else sets
-        fig, ax = plt.subplots(figsize=(5, 4))
-        plots.plot_set_size_histogram(first, ax=ax)
-        ax.set_title(f"set sizes at alpha={alphas[0]:g}", fontsize=9)
-        figs["set_size_histogram.png"] = fig
-        fig, ax = plt.subplots(figsize=(5, 4))
-        plots.plot_class_coverage(first, test_labels, alphas[0], ax=ax)
-        figs["class_coverage.png"] = fig
-    return section, figs
+        plot_data["conformal_coverage.png"] = FigureSpec(
+            "conformal.plot_coverage_curve", curve, size=(5, 4),
+            title=f"{predictor.kind}/{predictor.score_name}: coverage vs alpha", title_fontsize=9)
+        plot_data["set_size_histogram.png"] = FigureSpec(
+            "conformal.plot_set_size_histogram", cplots.prepare_set_sizes(first), size=(5, 4),
+            title=f"set sizes at alpha={alphas[0]:g}", title_fontsize=9)
+        plot_data["class_coverage.png"] = FigureSpec(
+            "conformal.plot_class_coverage", cplots.prepare_class_coverage(first, test_labels, alphas[0]),
+            size=(5, 4))
+    return section, plot_data

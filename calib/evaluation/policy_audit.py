@@ -54,7 +54,7 @@ def binomial_slack(n_splits, delta, level=0.99):
 
 
 def audit_guarantee(logits, labels, *, targets=((0.02, 0.1),), n_splits=500, cal_fraction=0.5, seed=0,
-                    calibrator="temperature", slack_level=0.99, score="max_prob"):
+                    calibrator="temperature", slack_level=0.99, confidence="max_prob"):
     """Audit ``ltt_threshold`` on ``n_splits`` random splits; one :class:`AuditRow` per (target_risk, delta).
 
     Not-certified splits escalate everything and so never violate; they are counted separately.
@@ -81,7 +81,7 @@ def audit_guarantee(logits, labels, *, targets=((0.02, 0.1),), n_splits=500, cal
         else:
             cal = REGISTRY[calibrator]().fit(x[ci], y[ci])
             pc, pt = cal.predict_proba(x[ci]), cal.predict_proba(x[ti])
-        cc, ct = confidence_scores(pc, score), confidence_scores(pt, score)
+        cc, ct = confidence_scores(pc, confidence), confidence_scores(pt, confidence)
         hc, ht = pc.argmax(1) == y[ci], pt.argmax(1) == y[ti]
         for r, d in targets:
             with warnings.catch_warnings():

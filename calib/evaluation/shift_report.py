@@ -27,8 +27,8 @@ def shift_report(cal_logits, cal_labels, test_logits, test_labels, *, calibrator
     from scipy.stats import binom
 
     from calib import metrics
-    from calib.policy.report import evaluate_routing
-    from calib.policy.slices import holm_adjust
+    from calib.evaluation.routing import evaluate_routing
+    from calib.evaluation.slices import holm_adjust
 
     calibrator.fit(cal_logits, cal_labels)
     pc, pt = calibrator.predict_proba(cal_logits), calibrator.predict_proba(test_logits)

@@ -1,7 +1,7 @@
 """Compare models that share one test set: accuracy, ECE, AURC and the product metrics of the same policies.
 
 For each model: a calibrator fitted on its calibration part, every policy fitted on the calibrated
-calibration part and scored on the test part with bootstrap CIs (:func:`calib.policy.report.evaluate_routing`).
+calibration part and scored on the test part with bootstrap CIs (:func:`calib.evaluation.routing.evaluate_routing`).
 Models must share one test set (same labels in the same order), so their rows are directly comparable.
 """
 
@@ -13,8 +13,9 @@ import warnings
 import numpy as np
 
 from calib._validation import check_positive_int
+from calib.plotting.routing import check_policy_name
 
-__all__ = ["compare_models", "markdown_table"]
+__all__ = ["compare_models", "markdown_table", "check_policy_name"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def compare_models(datasets, make_calibrator, policies, *, n_bins=15, n_resample
     Warnings a policy raises while fitting (e.g. nothing certified) are logged with the model's name.
     """
     from calib import metrics, selective
-    from calib.policy.report import evaluate_routing
+    from calib.evaluation.routing import evaluate_routing
 
     n_bins = check_positive_int(n_bins, "n_bins")
     if not callable(make_calibrator):
@@ -77,14 +78,6 @@ def _fmt_ci(m, key, pct=True):
         return "n/a"
     f = (lambda x: f"{100 * x:.2f}") if pct else (lambda x: f"{x:.3f}")
     return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]" if ci else f(v)
-
-
-def check_policy_name(rows, policy_name):
-    """Raise a ValueError naming the models of ``rows`` that have no metrics for ``policy_name``."""
-    missing = [r["model"] for r in rows if policy_name not in r["policies"]]
-    if missing:
-        raise ValueError(f"Unknown policy {policy_name!r} for models {missing}; "
-                         f"valid options: {sorted(rows[0]['policies']) if rows else []}.")
 
 
 def markdown_table(rows, policy_name, *, target_risk=None, delta=None, calibrator="temperature scaling", n_bins=15):

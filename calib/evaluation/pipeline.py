@@ -1,5 +1,8 @@
 """One experiment's pipeline: calibrator -> (conformal predictor) -> (routing policy), fitted on the
-calibration part, judged on the test part, written as metrics.json + plots + one artifact folder.
+calibration part, judged on the test part, written as metrics.json + figures + one artifact folder.
+
+The stages (:mod:`calib.evaluation.conformal`, :mod:`calib.evaluation.routing`) return plot data only;
+:meth:`PipelineResult.write` is the one place that draws (with :mod:`calib.plotting`) and saves the PNGs.
 
 This is what ``experiments/calibrate.py`` runs; keeping it here (not in the script) lets notebooks and
 tests run the same thing without Hydra.
@@ -36,7 +39,8 @@ def _test_metrics(probs, labels, n_bins):
 
 @dataclasses.dataclass
 class PipelineResult:
-    """Fitted components, the metrics dict (the content of metrics.json) and test-split probabilities."""
+    """Fitted components, the metrics dict (the content of metrics.json), test-split probabilities and the
+    stages' plot data (``plots``: file name -> :class:`calib.plotting.FigureSpec`, drawn by :meth:`write`)."""
 
     metrics: dict
     calibrator: object
@@ -47,22 +51,24 @@ class PipelineResult:
     probs_after: np.ndarray
     class_names: tuple | None = None
     n_bins: int = 15
-    figures: dict = dataclasses.field(default_factory=dict)  # file name -> matplotlib Figure
+    plots: dict = dataclasses.field(default_factory=dict)  # file name -> calib.plotting.FigureSpec
 
     def write(self, out_dir, *, config_yaml=None):
-        """Write metrics.json, reliability.png, any stage figures and artifact/ into ``out_dir``."""
-        from calib import artifacts, plots
+        """Write metrics.json, reliability.png, the stages' figures (:attr:`plots`) and artifact/ into ``out_dir``."""
+        from calib import artifacts
         from calib._atomic import write_json_atomic
+        from calib.plotting import render, reliability, save_figure
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig = plots.plot_reliability_comparison([
-            ("uncalibrated", plots.prepare_reliability(self.probs_before, self.test_labels, n_bins=self.n_bins)),
-            (self.calibrator.kind, plots.prepare_reliability(self.probs_after, self.test_labels, n_bins=self.n_bins)),
+        fig = reliability.plot_reliability_comparison([
+            ("uncalibrated", reliability.prepare_reliability(self.probs_before, self.test_labels, n_bins=self.n_bins)),
+            (self.calibrator.kind,
+             reliability.prepare_reliability(self.probs_after, self.test_labels, n_bins=self.n_bins)),
         ])
-        plots.save_figure(fig, out_dir / "reliability.png")
-        for name, figure in self.figures.items():
-            plots.save_figure(figure, out_dir / name)
+        save_figure(fig, out_dir / "reliability.png")
+        for name, spec in self.plots.items():
+            save_figure(render(spec), out_dir / name)
         artifacts.save_artifact(
             self.calibrator, out_dir / "artifact", conformal=self.conformal, policy=self.policy,
             metrics=self.metrics, data_fingerprint=self.metrics["data_fingerprint"],
@@ -104,27 +110,27 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
         "data_fingerprint": data_fingerprint(cal.logits, cal.labels),
     }
     log.info("Test ECE %.4f -> %.4f, NLL %.4f -> %.4f", before["ece"], after["ece"], before["nll"], after["nll"])
-    figures = {}
+    plots = {}
     cal_probs = None
     if conformal is not None or policy is not None:
         cal_probs = calibrator.predict_proba(cal.logits)
     if conformal is not None:
-        from calib.conformal.report import conformal_stage
+        from calib.evaluation.conformal import conformal_stage
 
         log.info("Conformal stage: %s", conformal)
-        section, figs = conformal_stage(conformal, cal_probs, cal.labels, probs_after, test.labels,
+        section, plot_data = conformal_stage(conformal, cal_probs, cal.labels, probs_after, test.labels,
                                         cal_groups=cal.groups, test_groups=test.groups)
         result["conformal"] = section
-        figures.update(figs)
+        plots.update(plot_data)
     if policy is not None:
-        from calib.policy.report import policy_stage
+        from calib.evaluation.routing import policy_stage
 
         log.info("Policy stage: %s", policy)
-        sections, figs = policy_stage(policy, cal_probs, cal.labels, probs_after, test.labels,
+        sections, plot_data = policy_stage(policy, cal_probs, cal.labels, probs_after, test.labels,
                                       conformal=conformal, cal_extras=cal.extras, test_extras=test.extras,
                                       cal_groups=cal.groups, test_groups=test.groups,
                                       n_resamples=n_bootstrap, seed=bootstrap_seed)
         result.update(sections)
-        figures.update(figs)
+        plots.update(plot_data)
     return PipelineResult(result, calibrator, conformal, policy, test.labels, probs_before, probs_after,
-                          class_names=cal.class_names, n_bins=n_bins, figures=figures)
+                          class_names=cal.class_names, n_bins=n_bins, plots=plots)

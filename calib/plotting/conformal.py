@@ -1,4 +1,5 @@
-"""Conformal plots: compute with ``prepare_*`` (dataclasses of arrays), draw with ``plot_*(data, ax=None)``.
+"""Conformal plots: compute with ``prepare_*`` (frozen dataclasses of arrays), draw with
+``plot_*(data, ax=None)``.
 
 matplotlib is imported inside the plotting functions only.
 """
@@ -9,11 +10,20 @@ import dataclasses
 
 import numpy as np
 
-from calib.conformal.metrics import class_conditional_coverage, coverage, size_histogram
 from calib.conformal.quantile import conformal_rank
+from calib.plotting import axes
 
-__all__ = ["CoverageCurveData", "prepare_coverage_curve", "plot_coverage_curve", "plot_set_size_histogram",
+__all__ = ["CoverageCurveData", "prepare_coverage_curve", "plot_coverage_curve", "SetSizeData",
+           "prepare_set_sizes", "plot_set_size_histogram", "ClassCoverageData", "prepare_class_coverage",
            "plot_class_coverage"]
+
+_SIZE = (5, 4)
+
+
+def _hits(sets, labels):
+    """Whether each row's label is in its set (bool (n,))."""
+    sets = np.asarray(sets, dtype=bool)
+    return sets[np.arange(sets.shape[0]), np.asarray(labels)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +53,7 @@ def prepare_coverage_curve(predictor_factory, cal_probs, cal_labels, test_probs,
     pred = predictor_factory([float(a) for a in alphas]).fit(cal_probs, cal_labels, groups=cal_groups)
     sets = pred.predict_set(test_probs, groups=test_groups)
     n, m = int(np.asarray(cal_labels).shape[0]), int(np.asarray(test_labels).shape[0])
-    cov = np.array([coverage(sets[:, :, j], test_labels) for j in range(alphas.size)])
+    cov = np.array([float(_hits(sets[:, :, j], test_labels).mean()) for j in range(alphas.size)])
     lo, hi, ex = [], [], []
     for a in alphas:
         r = conformal_rank(n, a)
@@ -55,17 +65,9 @@ def prepare_coverage_curve(predictor_factory, cal_probs, cal_labels, test_probs,
     return CoverageCurveData(alphas, cov, np.array(ex), np.array(lo), np.array(hi), n, m, level)
 
 
-def _axes(ax):
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(5, 4))
-    return ax
-
-
 def plot_coverage_curve(data: CoverageCurveData, *, ax=None, label="empirical"):
     """Coverage vs alpha, the ``1 - alpha`` line and the finite-sample band; returns the ax."""
-    ax = _axes(ax)
+    ax = axes(ax, size=_SIZE)
     ax.fill_between(data.alphas, data.band_low, data.band_high, alpha=0.25, color="C0",
                     label=f"{int(data.level * 100)}% band (BetaBinomial, n={data.n_calibration}, m={data.n_test})")
     ax.plot(data.alphas, 1 - data.alphas, "k--", lw=1, label="1 - alpha")
@@ -77,10 +79,29 @@ def plot_coverage_curve(data: CoverageCurveData, *, ax=None, label="empirical"):
     return ax
 
 
-def plot_set_size_histogram(sets, *, ax=None, max_size=None):
-    """Bar chart of set sizes (counts of 0..k); returns the ax."""
-    ax = _axes(ax)
-    hist = size_histogram(sets)
+@dataclasses.dataclass(frozen=True)
+class SetSizeData:
+    """Counts of prediction-set sizes 0..k (int64 (k + 1,))."""
+
+    histogram: np.ndarray
+
+
+def prepare_set_sizes(sets) -> SetSizeData:
+    """Histogram of set sizes of a bool (n, k) ``sets``.
+
+    >>> prepare_set_sizes(np.array([[True, False], [True, True]])).histogram.tolist()
+    [0, 1, 1]
+    """
+    sets = np.asarray(sets, dtype=bool)
+    return SetSizeData(np.bincount(sets.sum(axis=1, dtype=np.int64), minlength=sets.shape[1] + 1))
+
+
+def plot_set_size_histogram(data, *, ax=None, max_size=None):
+    """Bar chart of set sizes (counts of 0..k) from :class:`SetSizeData` (or a bool sets array); returns the ax."""
+    if not isinstance(data, SetSizeData):
+        data = prepare_set_sizes(data)
+    ax = axes(ax, size=_SIZE)
+    hist = data.histogram
     last = int(np.max(np.flatnonzero(hist))) if max_size is None else max_size
     ax.bar(np.arange(last + 1), hist[:last + 1], color="C0")
     ax.set_xlabel("set size")
@@ -88,13 +109,40 @@ def plot_set_size_histogram(sets, *, ax=None, max_size=None):
     return ax
 
 
-def plot_class_coverage(sets, labels, alpha, *, ax=None):
-    """Per-class coverage (sorted) against ``1 - alpha``; returns the ax."""
-    ax = _axes(ax)
-    cc = class_conditional_coverage(sets, labels)
-    cc = np.sort(cc[~np.isnan(cc)])
+@dataclasses.dataclass(frozen=True)
+class ClassCoverageData:
+    """Coverage of each class present in the labels, sorted ascending, and the target ``1 - alpha``."""
+
+    coverage: np.ndarray
+    alpha: float
+
+
+def prepare_class_coverage(sets, labels, alpha) -> ClassCoverageData:
+    """Per-class coverage (classes absent from ``labels`` dropped), sorted.
+
+    >>> prepare_class_coverage(np.array([[True, False], [True, True], [False, True]]), np.array([0, 1, 0]),
+    ...                        0.1).coverage.tolist()
+    [0.5, 1.0]
+    """
+    sets = np.asarray(sets, dtype=bool)
+    labels = np.asarray(labels)
+    k = sets.shape[1]
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    covered = np.bincount(labels, weights=_hits(sets, labels), minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cc = np.where(counts > 0, covered / np.maximum(counts, 1), np.nan)
+    return ClassCoverageData(np.sort(cc[~np.isnan(cc)]), alpha)
+
+
+def plot_class_coverage(data, labels=None, alpha=None, *, ax=None):
+    """Per-class coverage (sorted) against ``1 - alpha``, from :class:`ClassCoverageData` (or ``sets,
+    labels, alpha``); returns the ax."""
+    if not isinstance(data, ClassCoverageData):
+        data = prepare_class_coverage(data, labels, alpha)
+    ax = axes(ax, size=_SIZE)
+    cc = data.coverage
     ax.plot(np.arange(cc.size), cc, "o-", ms=3, color="C0", label="class coverage (sorted)")
-    ax.axhline(1 - alpha, color="k", ls="--", lw=1, label="1 - alpha")
+    ax.axhline(1 - data.alpha, color="k", ls="--", lw=1, label="1 - alpha")
     ax.set_xlabel("class rank")
     ax.set_ylabel("coverage")
     ax.legend(fontsize=7)

@@ -1,6 +1,6 @@
-"""Plots as compute-then-draw pairs: ``prepare_*`` returns a frozen dataclass of arrays (testable, no
-matplotlib), ``plot_*`` draws it on an ``ax`` and returns the ``ax``. matplotlib is imported inside the
-drawing functions only, so ``import calib`` stays light.
+"""Reliability diagrams and confidence histograms: ``prepare_reliability`` returns a frozen dataclass of
+arrays (no matplotlib), ``plot_*`` draws it on an ``ax`` and returns the ``ax``. matplotlib is imported
+inside the drawing functions only, so ``import calib`` stays light.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 
 from calib._validation import check_probs_labels
 from calib.metrics import calibration_bins
+from calib.plotting import axes, save_figure
 
 __all__ = ["ReliabilityData", "prepare_reliability", "plot_reliability", "plot_confidence_histogram",
            "plot_reliability_comparison", "save_figure"]
@@ -47,17 +48,9 @@ def prepare_reliability(probs, labels, *, n_bins=15) -> ReliabilityData:
                            float(hit.mean()), float(conf.mean()))
 
 
-def _axes(ax):
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(4, 4))
-    return ax
-
-
 def plot_reliability(data: ReliabilityData, *, ax=None, title=None):
     """Reliability diagram: accuracy per confidence bin against the diagonal, gaps shaded."""
-    ax = _axes(ax)
+    ax = axes(ax, size=(4, 4))
     edges = data.bin_edges
     width = np.diff(edges)
     filled = data.bin_count > 0
@@ -78,7 +71,7 @@ def plot_reliability(data: ReliabilityData, *, ax=None, title=None):
 
 def plot_confidence_histogram(data: ReliabilityData, *, ax=None):
     """Share of samples per confidence bin, with mean confidence and accuracy marked."""
-    ax = _axes(ax)
+    ax = axes(ax, size=(4, 4))
     edges = data.bin_edges
     total = max(int(data.bin_count.sum()), 1)
     ax.bar(edges[:-1], data.bin_count / total, width=np.diff(edges), align="edge", color="#8C8C8C",
@@ -104,17 +97,3 @@ def plot_reliability_comparison(panels, *, fig=None):
         plot_confidence_histogram(data, ax=fig.add_subplot(grid[1, col]))
     return fig
 
-
-def save_figure(fig, path, *, dpi=120):
-    """Save atomically (temp file + rename) and close the figure."""
-    import os
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
-    plt.close(fig)
-    return path

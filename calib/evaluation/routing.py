@@ -1,11 +1,13 @@
-"""The policy stage of :func:`calib.pipeline.fit_and_evaluate`: fit a routing policy on the calibration
-part, route the test part, report product metrics with confidence intervals, the guarantee, selective
-metrics, slices and figures."""
+"""The policy stage of :func:`calib.evaluation.pipeline.fit_and_evaluate`: fit a routing policy on the
+calibration part, route the test part, report product metrics with confidence intervals, the guarantee,
+selective metrics, slices and the data of its figures (drawn by
+:meth:`calib.evaluation.pipeline.PipelineResult.write`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from calib._json import to_json
 from calib._validation import check_probs_labels
 
 __all__ = ["policy_stage", "evaluate_routing"]
@@ -31,7 +33,7 @@ def _fallback(extras, n, where):
 
 def evaluate_routing(policy, probs, labels, *, sets=None, fallback=None, n_resamples=2000, seed=0):
     """Route ``probs`` with a fitted policy and return ``(decision, product metrics dict)``."""
-    from calib.policy.product_metrics import product_metrics
+    from calib.evaluation.product_metrics import product_metrics
 
     decision = policy.route(probs, sets=sets, fallback=fallback)
     metrics = product_metrics(decision.actions, decision.prediction, labels, decision.fallback,
@@ -60,12 +62,15 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     -------
     sections : dict
         ``{"policy": {...rates, "ci", "guarantee", "slices"}, "selective": {"aurc", "eaurc", ...}}``.
-    figures : dict
-        ``{"risk_coverage.png": Figure, "completion_frontier.png": Figure, "silent_failure_slices.png": Figure}``.
+    plot_data : dict of file name -> :class:`calib.plotting.FigureSpec`
+        ``risk_coverage.png`` (:class:`~calib.plotting.routing.RiskCoverageData`), ``completion_frontier.png``
+        (:class:`~calib.plotting.routing.FrontierData`), ``silent_failure_slices.png``
+        (:class:`~calib.plotting.routing.SliceData`). Nothing is drawn here.
     """
     from calib import selective
-    from calib.policy import plots
-    from calib.policy.slices import silent_failure_slices
+    from calib.evaluation.slices import silent_failure_slices
+    from calib.plotting import FigureSpec
+    from calib.plotting import routing as rplots
 
     cal_p, cal_y = check_probs_labels(cal_probs, cal_labels)
     test_p, test_y = check_probs_labels(test_probs, test_labels, n_classes=cal_p.shape[1])
@@ -82,8 +87,8 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     decision, m = evaluate_routing(policy, test_p, test_y, sets=test_sets, fallback=test_fb,
                                    n_resamples=n_resamples, seed=seed)
     guarantee = policy.guarantee()
-    score = getattr(policy, "score", "max_prob")
-    conf = selective.confidence_scores(test_p, score)
+    confidence = getattr(policy, "confidence", "max_prob")  # policies without a confidence score: max-prob
+    conf = selective.confidence_scores(test_p, confidence)
     correct = decision.prediction == test_y
     target = guarantee.get("target_risk")
     # slices are tested against the policy's target risk, or (no target) against the overall silent-failure rate
@@ -105,7 +110,7 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
                    "n_slices": len(slices)},
     }
     sel = {
-        "score": score,
+        "score": confidence,  # metrics.json key kept from schema 1: the confidence score
         "aurc": selective.aurc(conf, correct),
         "eaurc": selective.eaurc(conf, correct),
         "augrc": selective.augrc(conf, correct),
@@ -113,28 +118,22 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     }
     if target is not None:
         sel["coverage_at_target_risk"] = selective.coverage_at_risk(conf, correct, target)
-    sel = {key: (None if isinstance(v, float) and not np.isfinite(v) else v) for key, v in sel.items()}  # strict JSON
+    sel = to_json(sel)  # strict JSON: undefined metrics as null
 
-    import matplotlib.pyplot as plt
-
-    figures = {}
     thr = getattr(policy, "threshold_", None)
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    rc = plots.prepare_risk_coverage(conf, correct, threshold=thr if thr is not None and np.isfinite(thr) else None,
-                                     target_risk=target)
-    plots.plot_risk_coverage(rc, ax=ax, label=f"{score} (test)")
-    ax.set_title(f"risk-coverage, policy {policy.kind}", fontsize=9)
-    fig.tight_layout()
-    figures["risk_coverage.png"] = fig
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    fr = plots.prepare_completion_frontier(conf, correct, human_accuracy=policy.cost_model.human_accuracy,
-                                           point=(m["escalation_rate"], m["task_completion_rate"]))
-    plots.plot_completion_frontier(fr, ax=ax)
-    ax.set_title("task completion vs escalation", fontsize=9)
-    fig.tight_layout()
-    figures["completion_frontier.png"] = fig
-    fig, ax = plt.subplots(figsize=(5, 0.25 * min(len(slices), 20) + 1.2))
-    plots.plot_slices(slices, ax=ax, target=slice_target)
-    fig.tight_layout()
-    figures["silent_failure_slices.png"] = fig
-    return {"policy": section, "selective": sel}, figures
+    rc = rplots.prepare_risk_coverage(conf, correct, threshold=thr if thr is not None and np.isfinite(thr) else None,
+                                      target_risk=target)
+    fr = rplots.prepare_completion_frontier(conf, correct, human_accuracy=policy.cost_model.human_accuracy,
+                                            point=(m["escalation_rate"], m["task_completion_rate"]))
+    plot_data = {
+        "risk_coverage.png": FigureSpec("routing.plot_risk_coverage", rc, kwargs={"label": f"{confidence} (test)"},
+                                        size=(4.5, 3.5), title=f"risk-coverage, policy {policy.kind}",
+                                        title_fontsize=9, tight_layout=True),
+        "completion_frontier.png": FigureSpec("routing.plot_completion_frontier", fr, size=(4.5, 3.5),
+                                              title="task completion vs escalation", title_fontsize=9,
+                                              tight_layout=True),
+        "silent_failure_slices.png": FigureSpec("routing.plot_slices",
+                                                rplots.prepare_slices(slices, target=slice_target),
+                                                size=rplots.slices_figure_size(len(slices)), tight_layout=True),
+    }
+    return {"policy": section, "selective": sel}, plot_data

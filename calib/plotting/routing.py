@@ -1,0 +1,220 @@
+"""Plots of a routing policy as compute-then-draw pairs: ``prepare_*`` returns a frozen dataclass of
+arrays, ``plot_*`` draws it (matplotlib imported inside ``plot_*`` only)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from calib.plotting import axes
+from calib.selective import risk_coverage_curve
+
+__all__ = ["RiskCoverageData", "prepare_risk_coverage", "plot_risk_coverage", "FrontierData",
+           "prepare_completion_frontier", "plot_completion_frontier", "SliceData", "prepare_slices", "plot_slices",
+           "slices_figure_size", "ComparisonData", "prepare_comparison", "plot_comparison", "check_policy_name"]
+
+_SIZE = (4.5, 3.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class RiskCoverageData:
+    coverage: np.ndarray
+    risk: np.ndarray
+    chosen_coverage: float | None
+    chosen_risk: float | None
+    target_risk: float | None
+
+
+def prepare_risk_coverage(confidence, correct, *, threshold=None, target_risk=None) -> RiskCoverageData:
+    """Risk–coverage curve plus the operating point of ``threshold`` (answer when confidence >= threshold).
+
+    >>> d = prepare_risk_coverage(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), threshold=0.85)
+    >>> d.chosen_coverage, d.chosen_risk
+    (0.3333333333333333, 0.0)
+    """
+    rc = risk_coverage_curve(confidence, correct)
+    cov = risk = None
+    if threshold is not None:
+        c = np.asarray(confidence, dtype=np.float64)
+        answered = c >= threshold
+        cov = float(answered.mean())
+        risk = float((~np.asarray(correct, bool)[answered]).mean()) if answered.any() else None
+    return RiskCoverageData(rc.coverage, rc.risk, cov, risk, target_risk)
+
+
+def plot_risk_coverage(data: RiskCoverageData, *, ax=None, label=None):
+    ax = axes(ax, size=_SIZE)
+    ax.plot(data.coverage, data.risk, lw=1.5, label=label or "selective risk")
+    if data.target_risk is not None:
+        ax.axhline(data.target_risk, color="tab:red", ls="--", lw=1, label=f"target r = {data.target_risk:g}")
+    if data.chosen_coverage is not None:
+        ax.axvline(data.chosen_coverage, color="k", ls=":", lw=1)
+        if data.chosen_risk is not None:
+            ax.plot([data.chosen_coverage], [data.chosen_risk], "ko", ms=5, label="chosen threshold (test)")
+    ax.set_xlabel("coverage (share answered)")
+    ax.set_ylabel("selective risk")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7)
+    return ax
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierData:
+    escalation_rate: np.ndarray
+    completion_rate: np.ndarray
+    point_escalation: float | None
+    point_completion: float | None
+
+
+def prepare_completion_frontier(confidence, correct, *, human_accuracy, point=None) -> FrontierData:
+    """Task completion vs escalation rate when escalating the least confident items first (no fallback).
+
+    completion(i answered) = (right among the i most confident + human_accuracy * (n - i)) / n.
+
+    >>> d = prepare_completion_frontier(np.array([0.9, 0.8]), np.array([True, False]), human_accuracy=1.0)
+    >>> d.escalation_rate.tolist(), d.completion_rate.tolist()
+    ([1.0, 0.5, 0.0], [1.0, 1.0, 0.5])
+    """
+    rc = risk_coverage_curve(confidence, correct)
+    n = rc.errors.size
+    i = np.arange(n + 1, dtype=np.float64)
+    errors = np.r_[0.0, rc.errors]
+    completion = (i - errors + human_accuracy * (n - i)) / n
+    pe, pc = (None, None) if point is None else point
+    return FrontierData(1.0 - i / n, completion, pe, pc)
+
+
+def plot_completion_frontier(data: FrontierData, *, ax=None, label=None):
+    ax = axes(ax, size=_SIZE)
+    ax.plot(data.escalation_rate, data.completion_rate, lw=1.5, label=label or "threshold sweep")
+    if data.point_escalation is not None:
+        ax.plot([data.point_escalation], [data.point_completion], "ko", ms=5, label="policy")
+    ax.set_xlabel("escalation rate")
+    ax.set_ylabel("task-completion rate")
+    ax.legend(fontsize=7)
+    return ax
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceData:
+    """The bars of the slice figure, top to bottom: ``names`` (``slice_type=slice``), silent-failure
+    ``rates``, ``flagged`` (red bars) and the ``target`` line (None: no line)."""
+
+    names: tuple
+    rates: np.ndarray
+    flagged: np.ndarray
+    target: float | None
+
+
+def prepare_slices(table, *, target=None, top=20) -> SliceData:
+    """The ``top`` first rows of a slice table (:func:`calib.evaluation.slices.silent_failure_slices`).
+
+    >>> d = prepare_slices([{"slice_type": "class", "slice": "3", "silent_failure_rate": 0.1, "flagged": True}])
+    >>> d.names, d.flagged.tolist()
+    (('class=3',), [True])
+    """
+    rows = list(table)[:top]
+    return SliceData(tuple(f"{r['slice_type']}={r['slice']}" for r in rows),
+                     np.array([r["silent_failure_rate"] for r in rows], dtype=np.float64),
+                     np.array([bool(r["flagged"]) for r in rows], dtype=bool), target)
+
+
+def slices_figure_size(n_slices, top=20):
+    """Figure size of the slice bars: 0.25 inch per bar (at most ``top``) plus room for the axis."""
+    return (5, 0.25 * min(n_slices, top) + 1.2)
+
+
+def plot_slices(data, *, ax=None, target=None, top=20):
+    """Horizontal bars of the silent-failure rate per slice (flagged slices in red), from :class:`SliceData`
+    (or a slice table, with ``target`` and ``top``)."""
+    if not isinstance(data, SliceData):
+        data = prepare_slices(data, target=target, top=top)
+    ax = axes(ax, size=slices_figure_size(len(data.names), top))
+    names = list(data.names[::-1])
+    vals = data.rates[::-1].tolist()
+    colors = ["tab:red" if f else "tab:blue" for f in data.flagged[::-1]]
+    ax.barh(names, vals, color=colors)
+    if data.target is not None:
+        ax.axvline(data.target, color="k", ls="--", lw=1, label=f"target {data.target:g}")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("silent-failure rate (answered and wrong)")
+    ax.tick_params(axis="y", labelsize=7)
+    return ax
+
+
+def _short_names(names):
+    """Drop the prefix every name shares up to its last ``_`` (``cifar10_resnet20`` -> ``resnet20``)."""
+    import os
+
+    prefix = os.path.commonprefix(list(names)) if len(names) > 1 else ""
+    cut = prefix.rfind("_") + 1
+    return {n: n[cut:] or n for n in names}
+
+
+def check_policy_name(rows, policy_name):
+    """Raise a ValueError naming the models of ``rows`` that have no metrics for ``policy_name``."""
+    missing = [r["model"] for r in rows if policy_name not in r["policies"]]
+    if missing:
+        raise ValueError(f"Unknown policy {policy_name!r} for models {missing}; "
+                         f"valid options: {sorted(rows[0]['policies']) if rows else []}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonData:
+    """Per model (short name): test accuracy, automation rate and its CI under ``policy_name``; per curve
+    ``(label, coverage, risk)``."""
+
+    policy_name: str
+    labels: tuple
+    accuracy: np.ndarray
+    automation_rate: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    curves: tuple
+    target_risk: float | None
+
+
+def prepare_comparison(result, policy_name, *, target_risk=None) -> ComparisonData:
+    """The plotted numbers of a :func:`calib.evaluation.compare.compare_models` result under ``policy_name``."""
+    rows = result["rows"]
+    check_policy_name(rows, policy_name)
+    short = _short_names([r["model"] for r in rows])
+    ms = [r["policies"][policy_name] for r in rows]
+    return ComparisonData(
+        policy_name, tuple(short[r["model"]] for r in rows),
+        np.array([r["accuracy"] for r in rows], dtype=np.float64),
+        np.array([m["automation_rate"] for m in ms], dtype=np.float64),
+        np.array([m["ci"]["automation_rate"][0] for m in ms], dtype=np.float64),
+        np.array([m["ci"]["automation_rate"][1] for m in ms], dtype=np.float64),
+        tuple((short.get(name, name), rc.coverage, rc.risk) for name, rc in result["curves"].items()),
+        target_risk)
+
+
+def plot_comparison(result, policy_name=None, *, target_risk=None):
+    """Two panels from :func:`calib.evaluation.compare.compare_models` (or :class:`ComparisonData`):
+    automation rate (with its CI) against accuracy under ``policy_name``, and every model's risk-coverage
+    curve. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    data = result if isinstance(result, ComparisonData) else prepare_comparison(result, policy_name,
+                                                                                  target_risk=target_risk)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, acc, rate, lo, hi in zip(data.labels, data.accuracy.tolist(), data.automation_rate.tolist(),
+                                        data.ci_low.tolist(), data.ci_high.tolist()):
+        left.errorbar(100 * acc, 100 * rate, yerr=[[100 * (rate - lo)], [100 * (hi - rate)]], fmt="o", capsize=3)
+        left.annotate(label, (100 * acc, 100 * rate), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    left.set_xlabel("test accuracy (%)")
+    left.set_ylabel(f"automation rate (%) at {data.policy_name}")
+    left.set_title("share answered automatically at the same target", fontsize=9)
+    for label, coverage, risk in data.curves:
+        right.plot(coverage, risk, lw=1, label=label)
+    if data.target_risk is not None:
+        right.axhline(data.target_risk, color="k", ls="--", lw=1, label=f"r = {data.target_risk}")
+    right.set_xlabel("coverage")
+    right.set_ylabel("selective risk")
+    right.set_ylim(0, None)
+    right.legend(fontsize=6, ncol=2)
+    right.set_title("risk-coverage (test, calibrated max-prob)", fontsize=9)
+    fig.tight_layout()
+    return fig

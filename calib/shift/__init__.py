@@ -1,0 +1,17 @@
+"""Serving is not calibration: the home of what watches and adapts a fitted pipeline after deployment.
+
+This package is an algorithm package (numpy and the standard library at module level, like
+:mod:`calib.calibrators`, :mod:`calib.conformal` and :mod:`calib.policy`), so the numpy-only runtime can
+serve what it fits. It will hold, each as a module here and never spread over ``calib/policy``:
+
+- reference statistics stored in the artifact at fit time (class prior, confusion matrix, confidence
+  sample) as a registered component;
+- label-shift estimation (EM prior adjustment, BBSE) and adaptation (prior-corrected probabilities,
+  weighted conformal predictors as new :class:`calib.conformal.scores.Score`-based predictors);
+- label-free monitoring of a serving stream (estimated accuracy, drift tests).
+
+The shift *report* of an experiment (which guarantees break when the test distribution differs from
+the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
+"""
+
+__all__: list[str] = []
