@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib._chunks import CACHE, row_slices
 from calib._json import to_json
 
 __all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "data_fingerprint", "ArtifactError",
@@ -74,8 +75,8 @@ def data_fingerprint(logits, labels):
     y = np.ascontiguousarray(np.asarray(labels, dtype=np.int64))
     h = hashlib.sha256()
     h.update(repr(x.shape).encode())
-    for start in range(0, x.shape[0], 65536):
-        h.update(memoryview(x[start:start + 65536]).cast("B"))
+    for rows in row_slices(x.shape[0], x.shape[1], nbytes=CACHE):  # bounded memory for a memory-mapped input
+        h.update(memoryview(x[rows]).cast("B"))
     h.update(memoryview(y).cast("B"))
     return {"sha256": h.hexdigest(), "n_samples": int(x.shape[0]), "n_classes": int(x.shape[1])}
 
