@@ -300,10 +300,7 @@ class Score:
 
     def sets(self, p, u, thresholds):
         """Sets ``{j : s(x, j) <= t}`` as bool (n, k, m) for ``thresholds`` (m,) or per row (n, m)."""
-        n, k = p.shape
-        t = np.asarray(thresholds, dtype=np.float64)
-        m = t.shape[-1]
-        out = np.empty((n, k, m), dtype=bool)
+        t, out = _sets_buffer(p, thresholds)
         for sl, s in self.blocks(p, u):
             thr = t[None, None, :] if t.ndim == 1 else t[sl][:, None, :]
             np.less_equal(s[:, :, None], thr, out=out[sl])
@@ -312,9 +309,7 @@ class Score:
     def class_sets(self, p, u, thresholds):
         """Sets with one threshold per class: class ``c`` is in iff ``s(x, c) <= thresholds[c, j]``;
         ``thresholds`` (k, m), result (n, k, m)."""
-        n, k = p.shape
-        t = np.asarray(thresholds, dtype=np.float64)
-        out = np.empty((n, k, t.shape[1]), dtype=bool)
+        t, out = _sets_buffer(p, thresholds)
         for sl, s in self.blocks(p, u):
             np.less_equal(s[:, :, None], t[None, :, :], out=out[sl])
         return out
@@ -362,8 +357,7 @@ class LAC(Score):
         return out
 
     def class_sets(self, p, u, thresholds):
-        t = np.asarray(thresholds, dtype=np.float64)
-        out = np.empty(p.shape + (t.shape[1],), dtype=bool)
+        t, out = _sets_buffer(p, thresholds)
         for j in range(t.shape[1]):  # class c is in the set iff p_c >= v_c
             v = np.array([lac_prob_threshold(x, p.dtype) for x in t[:, j]])
             np.greater_equal(p, v[None, :].astype(np.float64) if not np.isfinite(v).all()
@@ -399,9 +393,8 @@ class _RankScore(Score):
 
     def sets(self, p, u, thresholds):
         n, k = p.shape
-        t = np.asarray(thresholds, dtype=np.float64)
+        t, out = _sets_buffer(p, thresholds)
         m = t.shape[-1]
-        out = np.empty((n, k, m), dtype=bool)
 
         def one_chunk(sl):
             thr = np.broadcast_to(t[None, :], (sl.stop - sl.start, m)) if t.ndim == 1 else t[sl]
@@ -480,6 +473,12 @@ class CallableScore(Score):
 
     def __hash__(self):
         return hash(self.fn)
+
+
+def _sets_buffer(p, thresholds):
+    """Thresholds as float64 and an uninitialised bool (n, k, m) for their sets (m: the last axis)."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    return t, np.empty(p.shape + (t.shape[-1],), dtype=bool)
 
 
 def _check_nonneg(v, name):
