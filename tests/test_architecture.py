@@ -331,3 +331,50 @@ def test_a_new_score_is_one_class():
     np.testing.assert_array_equal(cp.predict_set(p[400:]), s[400:] <= q)
     with pytest.raises(ValueError, match="randomized=False for score 'margin_gap'"):
         SplitConformal(score=Margin(), randomized=True)
+
+
+# --- bad input at the new entry points ---------------------------------------------------------------------------
+def test_clone_copies_arguments_and_rejects_unknown_ones():
+    from calib.conformal import SplitConformal
+
+    cp = SplitConformal(score="raps", alpha=0.2, k_reg=3)
+    twin = cp.clone(alpha=[0.1, 0.3])
+    assert (twin.score, twin.k_reg, twin.alpha) == ("raps", 3, (0.1, 0.3)) and not twin.is_fitted
+    with pytest.raises(TypeError, match=r"constructor arguments of SplitConformal, got unknown \['alpah'\]"):
+        cp.clone(alpah=0.1)
+
+
+@pytest.mark.parametrize("args, err, match", [
+    (("foo",), ValueError, r"score as one of \['aps', 'lac', 'raps', 'saps', 'topk'\] or a callable, got 'foo'"),
+    ((3,), TypeError, r"score as one of .* or a callable, got int 3"),
+    (("raps",), None, None),
+])
+def test_make_score_names_what_it_expected(args, err, match):
+    from calib.conformal.scores import RAPS, make_score
+
+    if err is None:
+        assert make_score(*args, k_reg=2, lam=0.5) == RAPS(k_reg=2, lam=0.5)
+        return
+    with pytest.raises(err, match=match):
+        make_score(*args)
+
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    ("RAPS", dict(k_reg=-1), r"k_reg as an integer >= 0, got -1"),
+    ("RAPS", dict(lam=float("nan")), r"lam as a finite number >= 0, got nan"),
+    ("SAPS", dict(weight=0.0), r"weight > 0 for score 'saps', got 0.0"),
+    ("CallableScore", dict(fn="lac"), r"Expected a callable score, got 'lac'"),
+])
+def test_score_objects_validate_their_parameters(cls, kwargs, match):
+    from calib.conformal import scores
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        getattr(scores, cls)(**kwargs)
+
+
+def test_a_callable_returning_the_wrong_shape_is_refused():
+    from calib.conformal import SplitConformal
+
+    p = np.full((30, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"score callable to return shape \(30, 3\), got \(30,\)"):
+        SplitConformal(score=lambda q: q[:, 0]).fit(p, np.arange(30) % 3)
