@@ -25,6 +25,8 @@ __all__ = [
     "check_fraction",
     "check_positive_int",
     "check_choice",
+    "check_same_length",
+    "warn_if_probabilities",
 ]
 
 
@@ -33,10 +35,18 @@ _ELEMENTS_PER_THREAD = 1 << 22  # below ~16 MB of float32 per thread, starting t
 
 def as_array(x, name):
     """Return ``x`` as a numpy array; torch tensors (any device) are copied to host memory."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"Expected {name} as a plain array, got a masked array ({int(np.ma.count_masked(x))} masked entries); "
+            "masked values would be read as they are stored: fill them (x.filled(...)) or drop the masked rows."
+        )
     if isinstance(x, np.ndarray):
         return x
     if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        if str(getattr(x, "dtype", "")) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
+            x = x.float()  # numpy has no bfloat16: upcast exactly to float32
+        return x.cpu().numpy()
     if isinstance(x, (list, tuple)) or np.isscalar(x) or isinstance(x, np.generic):
         return np.asarray(x)
     if hasattr(x, "__array__"):
@@ -58,6 +68,11 @@ def check_logits(logits, name="logits", *, n_classes=None):
     float32 and float64 inputs keep their dtype; integer or float16 inputs are promoted to float32.
     """
     x = as_array(logits, name)
+    if x.ndim == 1:
+        raise ValueError(
+            f"Expected {name} of shape (n_samples, n_classes), got a 1-D array of shape {x.shape}; for one "
+            "binary score z per row pass np.stack([np.zeros_like(z), z], axis=1) (class 1 has logit z)."
+        )
     if x.ndim != 2:
         raise ValueError(f"Expected {name} of shape (n_samples, n_classes), got an array of shape {x.shape}.")
     if x.shape[1] < 2:
@@ -225,3 +240,31 @@ def check_choice(value, name, options):
     if value not in options:
         raise ValueError(f"Unknown {name} {value!r}; valid options: {sorted(options)}.")
     return value
+
+
+def check_same_length(n, name, length_of="logits", **arrays):
+    """Each of ``arrays`` (name -> array or None) has ``n`` rows, as ``length_of`` does."""
+    for key, a in arrays.items():
+        if a is not None and len(a) != n:
+            raise ValueError(f"Expected {key} of length {n} (one per row of {length_of}), got length {len(a)}.")
+
+
+def warn_if_probabilities(x, name="logits"):
+    """Warn when ``x`` passed as logits looks like softmax output (entries in [0, 1], rows summing to 1).
+
+    A calibrator fitted on probabilities as if they were logits learns a meaningless map (temperature
+    scaling returns T ~ 0.37 on them) without any error; this catches the common mix-up. One chunked pass.
+    """
+    n, k = x.shape
+    rows = rows_per_chunk(k, nbytes=chunking.CACHE, itemsize=x.itemsize, minimum=16)
+    for start in range(0, n, rows):
+        block = x[start:start + rows]
+        if block.min() < 0 or block.max() > 1 or np.abs(block.sum(axis=1, dtype=np.float64) - 1).max() > 1e-3:
+            return False
+    warnings.warn(
+        f"{name} look like probabilities (every entry in [0, 1], every row summing to 1); calibrators expect "
+        "logits (pre-softmax scores). Pass log(probs) if only probabilities are available.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True

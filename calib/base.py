@@ -13,14 +13,20 @@ can serve concurrent requests. ``tests/test_architecture.py`` checks this for ev
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 
 import numpy as np
 
-__all__ = ["Component", "NotFittedError", "constructor_params"]
+__all__ = ["Component", "NotFittedError", "StateError", "constructor_params", "state_scalar", "state_array"]
 
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when a method that needs a fitted component is called before ``fit``."""
+
+
+class StateError(ValueError):
+    """Fitted state (read from an artifact, or passed to ``from_state``) that no fit could have produced."""
 
 
 class Component:
@@ -33,6 +39,7 @@ class Component:
 
     kind: str = ""
     _fit_hint = "fit(...)"
+    _min_classes = 2  # the smallest n_classes a fit of this kind can produce
 
     def get_params(self) -> dict:
         """Constructor arguments, JSON-serialisable (what ``__init__`` was called with)."""
@@ -53,11 +60,29 @@ class Component:
 
     @classmethod
     def from_state(cls, params, state, arrays):
-        """Rebuild a fitted component from ``get_params()`` and ``get_state()`` output."""
+        """Rebuild a fitted component from ``get_params()`` and ``get_state()`` output.
+
+        State is untrusted input (an artifact can be edited and its checksums recomputed): ``_set_state``
+        reads every field through :func:`state_scalar` / :func:`state_array`, which pop it and check its
+        type, shape, finiteness and range, and any field left over afterwards is refused, so a state
+        relabelled as another kind, or with fields no fit writes, does not load. Every refusal is a
+        :class:`StateError` (a ``ValueError``) naming the field, what was expected and what came.
+        """
+        if not isinstance(params, dict) or not isinstance(state, dict) or not isinstance(arrays, dict):
+            raise StateError(f"Expected params, state and arrays of {cls.__name__} as dicts, got "
+                             f"{type(params).__name__}, {type(state).__name__}, {type(arrays).__name__}.")
         obj = cls(**cls._upgrade_params(dict(params)))
-        state = dict(state)
-        obj.n_classes_ = int(state.pop("n_classes"))
-        obj._set_state(state, dict(arrays))
+        state, arrays = dict(state), dict(arrays)
+        obj.n_classes_ = state_scalar(state, "n_classes", int, minimum=cls._min_classes, owner=cls)
+        try:
+            obj._set_state(state, arrays)
+        except (KeyError, IndexError, AttributeError, TypeError) as err:  # malformed beyond what the checks name
+            raise StateError(f"Malformed state of {cls.__name__}: {type(err).__name__}: {err}") from None
+        if state or arrays:
+            raise StateError(
+                f"Unexpected state of {cls.__name__}: fields {sorted(state)} and arrays {sorted(arrays)} are not "
+                "written by any fit of this kind (state of another kind, or edited)."
+            )
         return obj
 
     # --- hooks --------------------------------------------------------------------------------------
@@ -106,3 +131,97 @@ def _jsonable(value):
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
     return value
+
+
+# --- reading untrusted state ------------------------------------------------------------------------
+_MISSING = object()
+
+
+def _field_error(owner, key, expected, got):
+    who = getattr(owner, "__name__", owner) if owner is not None else "component"
+    return StateError(f"Expected state field {key!r} of {who} {expected}, got {got}.")
+
+
+def state_scalar(state, key, type_=float, *, minimum=None, maximum=None, exclusive=False, choices=None,
+                 default=_MISSING, owner=None):
+    """Pop ``state[key]`` and check it: ``type_`` is ``float`` (finite real), ``int`` (integral, not bool),
+    ``bool`` or ``str``; ``minimum``/``maximum`` bound it (strictly with ``exclusive``); ``choices`` lists
+    the allowed values. A missing key returns ``default`` if given, else raises :class:`StateError`.
+
+    >>> state_scalar({"temperature": 1.5}, "temperature", minimum=0, exclusive=True)
+    1.5
+    """
+    if key not in state:
+        if default is not _MISSING:
+            return default
+        raise _field_error(owner, key, "to be present", "a state without it")
+    value = state.pop(key)
+    if type_ is bool:
+        if not isinstance(value, bool):
+            raise _field_error(owner, key, "as true/false", f"{type(value).__name__} {value!r}")
+        return value
+    if type_ is str:
+        if not isinstance(value, str):
+            raise _field_error(owner, key, "as a string", f"{type(value).__name__} {value!r}")
+    elif type_ is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not (isinstance(value, float) and value.is_integer()):
+                raise _field_error(owner, key, "as an integer", f"{type(value).__name__} {value!r}")
+        value = int(value)
+    else:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _field_error(owner, key, "as a real number", f"{type(value).__name__} {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise _field_error(owner, key, "finite", repr(value))
+    if choices is not None and value not in choices:
+        raise _field_error(owner, key, f"in {sorted(choices)}", repr(value))
+    if minimum is not None and (value < minimum or (exclusive and value == minimum)):
+        raise _field_error(owner, key, f"{'>' if exclusive else '>='} {minimum}", repr(value))
+    if maximum is not None and (value > maximum or (exclusive and value == maximum)):
+        raise _field_error(owner, key, f"{'<' if exclusive else '<='} {maximum}", repr(value))
+    return value
+
+
+def state_array(arrays, key, *, shape=None, kind="f", finite=True, minimum=None, maximum=None, increasing=None,
+                default=_MISSING, owner=None):
+    """Pop ``arrays[key]`` and check it; return it as float64 (``kind="f"``), int64 (``"i"``) or bool (``"b"``).
+
+    ``shape`` is a tuple whose entries are ints or ``None`` (any length); ``finite`` refuses NaN/inf
+    (``"allow_inf"`` lets ±inf through, e.g. conformal thresholds); ``minimum``/``maximum`` bound every
+    entry; ``increasing="strict"|"weak"`` requires sorted values along the last axis.
+    """
+    if key not in arrays:
+        if default is not _MISSING:
+            return default
+        raise _field_error(owner, key, "(an array) to be present", "a state without it")
+    a = arrays.pop(key)
+    a = np.asarray(a)
+    if a.dtype.kind not in ("b" if kind == "b" else "biuf" if kind == "f" else "biu") or a.dtype == object:
+        raise _field_error(owner, key, f"as a numeric array ({'bool' if kind == 'b' else 'integer' if kind == 'i' else 'real'})",
+                           f"dtype {a.dtype}")
+    if shape is not None:
+        ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
+        if not ok:
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise _field_error(owner, key, f"of shape {want}", f"shape {a.shape}")
+    if kind == "f":
+        a = a.astype(np.float64)
+        if finite:
+            bad = np.isnan(a) if finite == "allow_inf" else ~np.isfinite(a)
+            if bad.any():
+                raise _field_error(owner, key, "finite" if finite is True else "without NaN",
+                                   f"{int(bad.sum())} non-finite entries")
+    elif kind == "i":
+        a = a.astype(np.int64)
+    if a.size and kind != "b":
+        if minimum is not None and a.min() < minimum:
+            raise _field_error(owner, key, f"with entries >= {minimum}", f"a minimum of {a.min()!r}")
+        if maximum is not None and a.max() > maximum:
+            raise _field_error(owner, key, f"with entries <= {maximum}", f"a maximum of {a.max()!r}")
+        if increasing and a.shape[-1] > 1:
+            d = np.diff(a, axis=-1)
+            if (d <= 0).any() if increasing == "strict" else (d < 0).any():
+                raise _field_error(owner, key, f"{'strictly ' if increasing == 'strict' else ''}increasing",
+                                   "values out of order")
+    return a
