@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Component", "NotFittedError", "StateError", "constructor_params", "state_scalar", "state_array"]
+__all__ = ["Component", "NotFittedError", "StateError", "ConvergenceWarning", "FitError", "constructor_params", "state_scalar", "state_array"]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -27,6 +27,16 @@ class NotFittedError(ValueError, AttributeError):
 
 class StateError(ValueError):
     """Fitted state (read from an artifact, or passed to ``from_state``) that no fit could have produced."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative fit stopped at its iteration limit before meeting its tolerance (the result is usable
+    but not the optimum; the message says by how much)."""
+
+
+class FitError(ValueError):
+    """A fit cannot produce a meaningful answer from these data (e.g. a non-finite objective or gradient);
+    raised instead of returning the start value as if it were a result."""
 
 
 class Component:
