@@ -9,7 +9,21 @@ from pathlib import Path
 
 from calib._json import to_json
 
-__all__ = ["write_text_atomic", "write_json_atomic"]
+__all__ = ["write_text_atomic", "write_json_atomic", "umask"]
+
+
+def umask():
+    """The process umask, read without changing it where the system allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, only where /proc is missing)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path, text):
@@ -17,6 +31,7 @@ def write_text_atomic(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; results are read like the rest of the run
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -12,19 +12,32 @@ Layout of ``artifact/``::
     config.yaml     optional provenance (never instantiated on load)
 
 Writing goes to a temporary sibling folder that is renamed into place, so a reader never sees half an
-artifact. Loading verifies the sha256 of every listed file, refuses unknown formats or schema versions,
-and rebuilds each component through its registry (``calib.calibrators.REGISTRY``): no pickle, no
-``hydra.utils.instantiate``.
+artifact: with ``overwrite=False`` the rename is exclusive (two concurrent saves cannot both succeed);
+with ``overwrite=True`` it swaps the new folder with the old artifact in one step (Linux
+``renameat2(RENAME_EXCHANGE)``), so the path is never empty, and it refuses to replace a folder that is
+not an artifact. Temporary folders of saves whose process died are removed by the next save to the
+same path. Files get the same mode as the rest of a run (the process umask).
+
+Loading treats the folder as untrusted input: the sha256 of every listed file (checksums stop accidents,
+not edits: anyone can recompute them), known format and schema version, only the ``arrays.npz`` members
+the manifest names, each member's header (dtype, shape, byte count) checked against the manifest before
+its data are read, the total decompressed size capped (:data:`MAX_LOAD_BYTES`, ``max_bytes=``), and every
+component's state validated by its ``from_state`` (:mod:`calib.base`) as strictly as its constructor
+validates parameters. No pickle, no ``hydra.utils.instantiate``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import zipfile
 from pathlib import Path
@@ -32,19 +45,30 @@ from pathlib import Path
 import numpy as np
 
 from calib._chunks import CACHE, row_slices
+from calib._atomic import umask
 from calib._json import to_json
 
 __all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "data_fingerprint", "ArtifactError",
-           "FORMAT", "SCHEMA_VERSION"]
+           "ArtifactNotFoundError",
+           "FORMAT", "SCHEMA_VERSION", "MAX_LOAD_BYTES"]
 
 FORMAT = "calib.artifact"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
+#: Default cap on what :func:`load_pipeline` decompresses from ``arrays.npz`` (sum of the members it
+#: reads) and on the size of ``manifest.json``; pass ``max_bytes=`` to load a larger artifact.
+MAX_LOAD_BYTES = 1 << 30
+_MAX_MANIFEST_BYTES = 64 << 20
+_ARRAY_KINDS = "biufU"  # bool, integers, floats, fixed-width unicode (group ids): all readable without pickle
 
 
 class ArtifactError(ValueError):
     """An artifact folder is missing, corrupted, tampered with or of an unsupported version."""
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """The artifact folder does not exist (or is not a folder)."""
 
 
 #: Pipeline components in the order they are applied; each has a registry ``<module>.REGISTRY``.
@@ -106,7 +130,14 @@ def _describe(component, obj):
             f"{type(obj).__name__}; known kinds: {sorted(registry)}."
         )
     state, arrays = obj.get_state()
-    entry = {"kind": kind, "params": obj.get_params(), "state": state, "arrays": sorted(arrays)}
+    arrays = {key: np.asarray(a) for key, a in arrays.items()}
+    for key, a in arrays.items():
+        if a.dtype.kind not in _ARRAY_KINDS:
+            raise TypeError(f"Refusing to store {a.dtype} array {component}.{key}: artifacts hold numeric and "
+                            "fixed-width string arrays only (no objects: they would need pickle).")
+    # Declared dtype and shape of each array: the loader checks every member's header against them.
+    specs = {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in sorted(arrays.items())}
+    entry = {"kind": kind, "params": obj.get_params(), "state": state, "arrays": specs}
     return entry, arrays
 
 
@@ -137,8 +168,7 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
     Path of the artifact folder.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"Artifact folder {str(path)!r} exists; pass overwrite=True to replace it.")
+    _check_destination(path, overwrite)
     components, flat = {}, {}
     for name, obj in (("calibrator", calibrator), ("conformal", conformal), ("policy", policy)):
         if obj is None:
@@ -146,13 +176,14 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
         entry, arrays = _describe(name, obj)
         components[name] = entry
         for key, a in arrays.items():
-            a = np.asarray(a)
-            if a.dtype == object:
-                raise TypeError(f"Refusing to store object array {name}.{key}: artifacts hold numeric arrays only.")
             flat[f"{name}.{key}"] = a
     if "calibrator" not in components:
         raise TypeError("Expected a fitted calibrator as the first argument, got None.")
     n_classes = int(components["calibrator"]["state"]["n_classes"])
+    for name, entry in components.items():
+        if int(entry["state"]["n_classes"]) != n_classes:
+            raise ValueError(f"Expected the {name} fitted on {n_classes} classes (as the calibrator), "
+                             f"got {entry['state']['n_classes']}.")
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != n_classes:
@@ -172,31 +203,154 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
     manifest = to_json(manifest)  # strict JSON: one rule for non-finite numbers (calib._json)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(path, 'tmp')}", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: colleagues could not read the run
         _write_npz(tmp / ARRAYS, flat)
         files = [ARRAYS]
         if config_yaml is not None:
-            (tmp / "config.yaml").write_text(config_yaml)
+            _write_synced(tmp / "config.yaml", config_yaml.encode())
             files.append("config.yaml")
         manifest["files"] = {name: _sha256_file(tmp / name) for name in files}
         manifest["manifest_sha256"] = _manifest_digest(manifest)
-        with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        _write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+        _fsync_dir(tmp)
+        _publish(tmp, path, overwrite)
+        _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+# --- atomic, race-free publication ------------------------------------------------------------------
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(src, dst, flags):
+    """Linux ``renameat2``; returns False where the system has none (then the caller falls back)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP if hasattr(errno, "ENOTSUP") else -1):
+        return False  # kernel or file system without renameat2 / this flag
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _publish(tmp, path, overwrite):
+    """Move the finished folder ``tmp`` to ``path``: exclusively, or swapping with the old artifact."""
+    if not overwrite or not path.exists():
+        try:
+            if not _renameat2(tmp, path, _RENAME_NOREPLACE):
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, "exists", str(path))
+                os.rename(tmp, path)  # a non-empty folder created since the check makes this fail (ENOTEMPTY)
+        except OSError as err:
+            if isinstance(err, FileExistsError) or err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(
+                    f"Artifact folder {str(path)!r} exists (another save created it); pass overwrite=True to "
+                    "replace it."
+                ) from None
+            raise
+        return
+    _check_destination(path, overwrite)  # still an artifact, checked again just before replacing it
+    if _renameat2(tmp, path, _RENAME_EXCHANGE):  # one atomic swap: the path always holds an artifact
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old artifact
+        return
+    # No exchange on this system: two renames; the old artifact waits beside the path until the new one is
+    # in place, and a save that finds it there after a crash restores it (_clean_stale).
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "old"), dir=path.parent))
+    os.replace(path, old / path.name)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_destination(path, overwrite):
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"Artifact folder {str(path)!r} exists; pass overwrite=True to replace it.")
+    if path.is_symlink() or not path.is_dir() or not _is_artifact(path):
+        raise FileExistsError(
+            f"Refusing to overwrite {str(path)!r}: expected an artifact folder (with a calib {MANIFEST}), got "
+            f"{'a symlink' if path.is_symlink() else 'a file' if not path.is_dir() else 'a folder that is not an artifact'}."
+        )
+
+
+def _is_artifact(path):
+    try:
+        with open(path / MANIFEST, "rb") as fh:
+            return json.loads(fh.read(_MAX_MANIFEST_BYTES)).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
+
+
+def _temp_prefix(path, what):
+    return f".{path.name}.{what}-{_HOST}-{os.getpid()}-"
+
+
+def _clean_stale(path):
+    """Remove temporary folders beside ``path`` left by saves on this host whose process has died; an old
+    artifact moved aside by a save that died before the new one was in place is put back."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-{re.escape(_HOST)}-(\d+)-[^/]*$")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sib in siblings:
+        m = pattern.match(sib.name)
+        if not m or _alive(int(m.group(2))):
+            continue
+        moved = sib / path.name
+        if m.group(1) == "old" and not path.exists() and moved.is_dir():
+            try:
+                os.rename(moved, path)
+            except OSError:
+                pass
+        shutil.rmtree(sib, ignore_errors=True)
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_synced(path, data):
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_npz(path, arrays):
@@ -208,6 +362,8 @@ def _write_npz(path, arrays):
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, buf.getvalue())
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _manifest_digest(manifest):
@@ -216,15 +372,25 @@ def _manifest_digest(manifest):
     return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
-def read_manifest(path):
-    """Read and check ``manifest.json`` and the sha256 of every file it lists; return the manifest."""
+def read_manifest(path, *, max_bytes=None):
+    """Read and check ``manifest.json`` and the sha256 of every file it lists; return the manifest.
+
+    ``max_bytes`` (default :data:`MAX_LOAD_BYTES`) caps the size of each listed file.
+    """
     path = Path(path)
+    cap = _check_cap(max_bytes)
     mpath = path / MANIFEST
+    if not path.is_dir():
+        raise ArtifactNotFoundError(f"Expected an artifact folder with {MANIFEST}, got {str(path)!r} without one "
+                                    f"({'not a folder' if path.exists() else 'it does not exist'}).")
     if not mpath.is_file():
         raise ArtifactError(f"Expected an artifact folder with {MANIFEST}, got {str(path)!r} without one.")
+    if mpath.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"Expected {MANIFEST} of at most {_MAX_MANIFEST_BYTES} bytes in {str(path)!r}, got "
+                            f"{mpath.stat().st_size} bytes.")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        manifest = json.loads(mpath.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ArtifactError(f"Corrupted {MANIFEST} in {str(path)!r}: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(
@@ -245,11 +411,14 @@ def read_manifest(path):
         raise ArtifactError(f"Expected a 'files' table listing {ARRAYS} in {str(mpath)!r}.")
     root = path.resolve()
     for name, digest in files.items():
-        fpath = (path / name).resolve()
+        fpath = (path / str(name)).resolve()
         if root not in fpath.parents:
             raise ArtifactError(f"Refusing file {name!r} in {str(mpath)!r}: it points outside the artifact folder.")
         if not fpath.is_file():
             raise ArtifactError(f"Artifact file {name!r} listed in the manifest is missing from {str(path)!r}.")
+        if fpath.stat().st_size > cap:
+            raise ArtifactError(f"Expected {name!r} in {str(path)!r} of at most max_bytes={cap} bytes, got "
+                                f"{fpath.stat().st_size}; pass max_bytes= to load a larger artifact.")
         actual = _sha256_file(fpath)
         if actual != digest:
             raise ArtifactError(
@@ -259,22 +428,114 @@ def read_manifest(path):
     return manifest
 
 
-def load_pipeline(path):
+def _check_cap(max_bytes):
+    if max_bytes is None:
+        return MAX_LOAD_BYTES
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise TypeError(f"Expected max_bytes as a positive integer (bytes), got {max_bytes!r}.")
+    return max_bytes
+
+
+def _array_specs(entry, where):
+    """``{name: (dtype or None, shape or None)}`` of a component's arrays as the manifest declares them
+    (artifacts written before specs were recorded list names only)."""
+    declared = entry.get("arrays", [])
+    if isinstance(declared, list) and all(isinstance(k, str) for k in declared):
+        return {k: (None, None) for k in declared}
+    if not isinstance(declared, dict):
+        raise ArtifactError(f"Expected {where}.arrays as a table of array specs, got {type(declared).__name__}.")
+    specs = {}
+    for key, spec in declared.items():
+        try:
+            dtype = np.dtype(spec["dtype"])
+            shape = tuple(int(d) for d in spec["shape"])
+            if dtype.kind not in _ARRAY_KINDS or any(d < 0 for d in shape) or set(spec) != {"dtype", "shape"}:
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise ArtifactError(f"Expected {where}.arrays.{key} as {{dtype: numeric, shape: [int, ...]}}, got "
+                                f"{spec!r}.") from None
+        specs[key] = (dtype, shape)
+    return specs
+
+
+def _read_members(npz_path, wanted, cap):
+    """Read only the ``wanted`` members ``{member: (dtype, shape)}`` of ``npz_path``, each header checked
+    against its declaration and its byte count before any data are read, the total capped at ``cap``."""
+    where = str(npz_path)
+    try:
+        zf = zipfile.ZipFile(npz_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ArtifactError(f"Expected {ARRAYS} as a zip of .npy members, got an unreadable file {where!r}: {err}") from None
+    out, total = {}, 0
+    with zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        for key, (dtype, shape) in wanted.items():
+            info = infos.get(f"{key}.npy")
+            if info is None:
+                raise ArtifactError(f"Array {key!r} listed in the manifest is missing from {where!r}.")
+            total += info.file_size
+            if total > cap:
+                raise ArtifactError(f"Expected at most max_bytes={cap} bytes of arrays in {where!r}, got members "
+                                    f"declaring {total}; pass max_bytes= to load a larger artifact.")
+            try:
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    got_shape, fortran, got_dtype = read_header(fh)
+                    if got_dtype.hasobject or got_dtype.kind not in _ARRAY_KINDS:
+                        raise ValueError(f"dtype {got_dtype} (artifacts hold numeric and string arrays only)")
+                    if dtype is not None and (got_dtype != dtype or tuple(got_shape) != shape):
+                        raise ValueError(f"dtype {got_dtype} shape {tuple(got_shape)}, the manifest declares "
+                                         f"dtype {dtype} shape {shape}")
+                    nbytes = int(np.prod(got_shape, dtype=np.float64)) * got_dtype.itemsize
+                    if nbytes != info.file_size - fh.tell():
+                        raise ValueError(f"a header for {nbytes} data bytes in a member holding "
+                                         f"{info.file_size - fh.tell()}")
+                    data = fh.read(nbytes)
+                    if len(data) != nbytes:
+                        raise ValueError(f"{len(data)} of {nbytes} data bytes")
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+                raise ArtifactError(f"Expected a valid .npy member {key!r} in {where!r}, got {err}.") from None
+            a = np.frombuffer(data, dtype=got_dtype)
+            out[key] = (a.reshape(got_shape[::-1]).T if fortran else a.reshape(got_shape)).copy()
+    return out
+
+
+def load_pipeline(path, *, max_bytes=None):
     """Load every component stored in an artifact folder: ``{"calibrator": ..., "conformal": ..., ...}``.
 
-    Raises :class:`ArtifactError` (a ``ValueError``) for a missing, corrupted, tampered or unsupported
-    artifact.
+    The folder is untrusted input (see the module docstring). ``max_bytes`` (default
+    :data:`MAX_LOAD_BYTES`, 1 GiB) caps what is decompressed. Raises :class:`ArtifactError` (a
+    ``ValueError``) for a corrupted, tampered, oversized or unsupported artifact, naming the file and field,
+    and ``FileNotFoundError`` for a missing folder.
     """
     path = Path(path)
-    manifest = read_manifest(path)
-    with np.load(path / ARRAYS, allow_pickle=False) as npz:
-        stored = {key: npz[key] for key in npz.files}
+    cap = _check_cap(max_bytes)
+    manifest = read_manifest(path, max_bytes=cap)
+    mfile = str(path / MANIFEST)
     components = manifest.get("components")
     if not isinstance(components, dict) or "calibrator" not in components:
-        raise ArtifactError(f"Expected a 'calibrator' component in the manifest of {str(path)!r}.")
+        raise ArtifactError(f"Expected a 'calibrator' component in {mfile!r}.")
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
-        raise ArtifactError(f"Unknown components {unknown} in {str(path)!r}; known: {list(COMPONENTS)}.")
+        raise ArtifactError(f"Unknown components {unknown} in {mfile!r}; known: {list(COMPONENTS)}.")
+    wanted, specs = {}, {}
+    for name, entry in components.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("params", {}), dict) \
+                or not isinstance(entry.get("state", {}), dict):
+            raise ArtifactError(f"Expected components.{name} in {mfile!r} as a table with params and state tables, "
+                                f"got {entry!r:.200}.")
+        specs[name] = _array_specs(entry, f"components.{name}")
+        wanted.update({f"{name}.{key}": spec for key, spec in specs[name].items()})
+    stored = _read_members(path / ARRAYS, wanted, cap)
+    n_classes = manifest.get("n_classes")
+    class_names = manifest.get("class_names")
+    if class_names is not None and (not isinstance(class_names, list) or len(class_names) != n_classes
+                                    or not all(isinstance(c, str) for c in class_names)):
+        raise ArtifactError(f"Expected class_names in {mfile!r} as {n_classes} strings, got {class_names!r:.200}.")
     out = {}
     for name in COMPONENTS:
         if name not in components:
@@ -283,29 +544,31 @@ def load_pipeline(path):
         module = _module(name)
         registry = module.REGISTRY
         kind = entry.get("kind")
-        kind = getattr(module, "LEGACY_KINDS", {}).get(kind, kind)  # kinds renamed since the artifact was written
-        if kind not in registry:
-            raise ArtifactError(f"Unsupported {name} kind {kind!r}; known kinds: {sorted(registry)}.")
-        arrays = {}
-        for key in entry.get("arrays", []):
-            full = f"{name}.{key}"
-            if full not in stored:
-                raise ArtifactError(f"Array {full!r} listed in the manifest is missing from {ARRAYS}.")
-            arrays[key] = stored[full]
+        kind = getattr(module, "LEGACY_KINDS", {}).get(kind, kind) if isinstance(kind, str) else kind
+        if not isinstance(kind, str) or kind not in registry:
+            raise ArtifactError(f"Unsupported {name} kind {kind!r}; known kinds: {sorted(registry)} (in {mfile!r}).")
+        arrays = {key: stored[f"{name}.{key}"] for key in specs[name]}
         try:
-            out[name] = registry[kind].from_state(entry.get("params", {}), entry.get("state", {}), arrays)
-        except (TypeError, KeyError, ValueError) as err:
-            raise ArtifactError(f"Could not rebuild {name} {kind!r} from {str(path)!r}: {err}") from err
+            obj = registry[kind].from_state(entry.get("params", {}), entry.get("state", {}), arrays)
+        except (TypeError, KeyError, ValueError, IndexError, AttributeError, OverflowError) as err:
+            raise ArtifactError(
+                f"Could not rebuild {name} {kind!r} from {mfile!r} (components.{name}) and {ARRAYS}: {err}"
+            ) from err
+        if obj.n_classes_ != n_classes:
+            raise ArtifactError(f"Expected components.{name} in {mfile!r} fitted on n_classes={n_classes!r} "
+                                f"(the manifest's), got {obj.n_classes_}.")
+        out[name] = obj
     return out
 
 
-def load_artifact(path):
+def load_artifact(path, *, max_bytes=None):
     """Load the calibrator stored in an artifact folder, rebuilt through ``calib.calibrators.REGISTRY``.
 
-    Raises :class:`ArtifactError` (a ``ValueError``) for a missing, corrupted, tampered or unsupported
-    artifact. :func:`load_pipeline` returns the conformal predictor and policy as well.
+    Raises :class:`ArtifactError` (a ``ValueError``) for a corrupted, tampered or unsupported artifact
+    and ``FileNotFoundError`` for a missing one. :func:`load_pipeline` returns the conformal predictor and
+    policy as well.
     """
-    return load_pipeline(path)["calibrator"]
+    return load_pipeline(path, max_bytes=max_bytes)["calibrator"]
 
 
 def _version():

@@ -195,7 +195,8 @@ def state_scalar(state, key, type_=float, *, minimum=None, maximum=None, exclusi
 
 def state_array(arrays, key, *, shape=None, kind="f", finite=True, minimum=None, maximum=None, increasing=None,
                 default=_MISSING, owner=None):
-    """Pop ``arrays[key]`` and check it; return it as float64 (``kind="f"``), int64 (``"i"``) or bool (``"b"``).
+    """Pop ``arrays[key]`` and check it; return it as float64 (``kind="f"``), int64 (``"i"``), bool (``"b"``)
+    or a fixed-width string array (``"U"``).
 
     ``shape`` is a tuple whose entries are ints or ``None`` (any length); ``finite`` refuses NaN/inf
     (``"allow_inf"`` lets ±inf through, e.g. conformal thresholds); ``minimum``/``maximum`` bound every
@@ -207,9 +208,10 @@ def state_array(arrays, key, *, shape=None, kind="f", finite=True, minimum=None,
         raise _field_error(owner, key, "(an array) to be present", "a state without it")
     a = arrays.pop(key)
     a = np.asarray(a)
-    if a.dtype.kind not in ("b" if kind == "b" else "biuf" if kind == "f" else "biu") or a.dtype == object:
-        raise _field_error(owner, key, f"as a numeric array ({'bool' if kind == 'b' else 'integer' if kind == 'i' else 'real'})",
-                           f"dtype {a.dtype}")
+    allowed = {"b": "b", "f": "biuf", "i": "biu", "U": "U"}[kind]
+    if a.dtype.kind not in allowed or a.dtype.hasobject:
+        what = {"b": "bool", "i": "integer", "f": "real", "U": "string"}[kind]
+        raise _field_error(owner, key, f"as a {what} array", f"dtype {a.dtype}")
     if shape is not None:
         ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
         if not ok:
@@ -224,7 +226,7 @@ def state_array(arrays, key, *, shape=None, kind="f", finite=True, minimum=None,
                                    f"{int(bad.sum())} non-finite entries")
     elif kind == "i":
         a = a.astype(np.int64)
-    if a.size and kind != "b":
+    if a.size and kind in "fi":
         if minimum is not None and a.min() < minimum:
             raise _field_error(owner, key, f"with entries >= {minimum}", f"a minimum of {a.min()!r}")
         if maximum is not None and a.max() > maximum:

@@ -211,5 +211,5 @@ def test_new_artifacts_store_thresholds_as_arrays_with_their_infinities(tmp_path
         path = save_artifact(ts, tmp_path / cp.kind, conformal=cp)
         manifest = read_manifest(path)
         assert "qhat" not in manifest["components"]["conformal"]["state"]
-        assert manifest["components"]["conformal"]["arrays"] == ["thresholds"]
+        assert manifest["components"]["conformal"]["arrays"] == {"thresholds": {"dtype": "<f8", "shape": [1]}}
         assert load_pipeline(path)["conformal"].qhat_ == want
