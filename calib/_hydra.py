@@ -24,10 +24,23 @@ def _targets(node, where=""):
 
 
 def instantiate(node, **kwargs):
-    """``hydra.utils.instantiate`` for configs whose every ``_target_`` starts with ``calib.``."""
+    """``hydra.utils.instantiate`` for configs whose every ``_target_`` starts with ``calib.``.
+
+    A ``ValueError``/``TypeError``/``OSError`` raised by the target itself (a bad argument, a missing
+    file) is re-raised as itself, with the config node noted, rather than wrapped in Hydra's
+    ``InstantiationException``: callers and tests see the error type calib documents.
+    """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate as _instantiate
 
     for where, target in _targets(node):
         if not isinstance(target, str) or not target.startswith("calib."):
             raise ValueError(f"Expected _target_ inside the calib package at {where}, got {target!r}.")
-    return _instantiate(node, **kwargs)
+    try:
+        return _instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, TypeError, OSError)):
+            cause.add_note(str(err).splitlines()[0] + (f" ({err.full_key})" if getattr(err, "full_key", "") else ""))
+            raise cause from None
+        raise

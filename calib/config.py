@@ -126,6 +126,15 @@ def validate_root(cfg):
     unknown = sorted(str(k) for k in cfg.keys() if k not in valid)
     if unknown:
         raise ValueError(f"Unknown config key(s) {unknown}; valid root keys: {root_keys()}.")
+    # Settings used only by some stages are checked here, so a bad one fails even where it goes unused.
+    from calib._validation import check_fraction, check_positive_int
+
+    if cfg.get("eval") is not None:
+        check_positive_int(cfg.eval.n_bins, "eval.n_bins", minimum=1)
+        check_positive_int(cfg.eval.n_bootstrap, "eval.n_bootstrap", minimum=0)
+        check_positive_int(cfg.eval.bootstrap_seed, "eval.bootstrap_seed", minimum=0)
+    if cfg.get("split") is not None:
+        check_fraction(cfg.split.cal_fraction, "split.cal_fraction")
 
 
 def sweep_subdir(override_dirname, seed):
