@@ -45,3 +45,18 @@ def print_table(rows, header):
     print("-|-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def versions(*extra):
+    """One line naming the versions that produced a table (numbers move with numpy/BLAS/torch builds)."""
+    import importlib.metadata as md
+    import platform
+
+    names = ("calib", "numpy", "scipy", "torch", *extra)
+    parts = []
+    for name in names:
+        try:
+            parts.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{name} absent")
+    return f"Python {platform.python_version()}; " + ", ".join(parts)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of  # noqa: E402
+from _common import best_of, versions  # noqa: E402
 
 
 def make_data(n, k, seed=0):
@@ -171,6 +171,7 @@ def main(argv=None):
     ap.add_argument("--isotonic-only", action="store_true", help="only the isotonic one-vs-rest rows")
     ap.add_argument("--netcal-lc-size", default="5000x100", help="n x k for the netcal LogisticCalibration row")
     args = ap.parse_args(argv)
+    print(versions("netcal", "scikit-learn"))
     with quiet():  # warm-up: imports (torch, scipy, sklearn, netcal) and first-call costs out of the timings
         xw, yw = make_data(500, 5)
         for name in ("isotonic", "temperature", "vector_scaling", "histogram_binning"):

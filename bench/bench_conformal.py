@@ -33,6 +33,10 @@ import types
 import numpy as np
 
 
+import sys as _sys
+_sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _common import versions as _common_versions  # noqa: E402
+
 def make_data(n_cal, n_test, k, seed=0):
     rng = np.random.default_rng(seed)
     n = n_cal + n_test
@@ -196,6 +200,7 @@ def main(argv=None):
     ap.add_argument("--no-floor", dest="floor", action="store_false",
                     help="skip the LAC memory-floor row (the least time any checked LAC can take here)")
     args = ap.parse_args(argv)
+    print(_common_versions("torchcp", "mapie", "puncc"))
     if args.quick:
         args.n_cal, args.n_test, args.k, args.repeats = 5000, 5000, 100, 1
     pc, yc, pt, yt = make_data(args.n_cal, args.n_test, args.k)

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import best_of, print_table, quiet, synthetic_logits  # noqa: E402
+from _common import best_of, print_table, quiet, synthetic_logits, versions  # noqa: E402
 
 
 def main(argv=None):
@@ -27,6 +27,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="5,000 x 100, one repeat")
     args = ap.parse_args(argv)
+    print(versions("netcal"))
     if args.quick:
         args.n, args.k, args.repeat = 5_000, 100, 1
 

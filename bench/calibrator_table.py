@@ -45,6 +45,10 @@ CALIBRATORS = [
 ODIR = [("matrix_scaling", {"cv_folds": 5}), ("dirichlet", {"cv_folds": 5})]
 
 
+import sys as _sys
+_sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _common import versions as _common_versions  # noqa: E402
+
 def label(name, kwargs):
     if not kwargs:
         return name
@@ -60,6 +64,7 @@ def main(argv=None):
     ap.add_argument("--with-odir", action="store_true")
     ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
     args = ap.parse_args(argv)
+    print(_common_versions("netcal"))
     cals = CALIBRATORS + (ODIR if args.with_odir else [])
     rows = []
     for ds in args.datasets:

@@ -24,10 +24,15 @@ CV_SELECTED = {("c10_densenet40_kangsepp", "Dir-ODIR"): (1e6, 0.01), ("c10_dense
                ("c10_convnet_kull", "Dir-ODIR"): (10.0, 1000.0), ("c10_convnet_kull", "MS-ODIR"): (50.0, 1000.0)}
 
 
+import sys as _sys
+_sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _common import versions as _common_versions  # noqa: E402
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cv", action="store_true", help="select (lambda, mu) by 5-fold CV instead of the recorded pairs")
     args = ap.parse_args(argv)
+    print(_common_versions())
     from calib import load_logits
     from calib.calibrators import DirichletCalibration, MatrixScaling, VectorScaling
     from calib.metrics import classwise_ece, negative_log_likelihood
