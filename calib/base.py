@@ -211,7 +211,7 @@ def state_array(arrays, key, *, shape=None, kind="f", finite=True, minimum=None,
     allowed = {"b": "b", "f": "biuf", "i": "biu", "U": "U"}[kind]
     if a.dtype.kind not in allowed or a.dtype.hasobject:
         what = {"b": "bool", "i": "integer", "f": "real", "U": "string"}[kind]
-        raise _field_error(owner, key, f"as a {what} array", f"dtype {a.dtype}")
+        raise _field_error(owner, key, f"as {'an' if what[0] in 'aeiou' else 'a'} {what} array", f"dtype {a.dtype}")
     if shape is not None:
         ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
         if not ok:

@@ -24,12 +24,24 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
-from calib.calibrators.base import Calibrator, _chunk_rows
+from calib.base import ConvergenceWarning, FitError, state_array, state_scalar
+from calib.calibrators.base import Calibrator, _chunk_rows, state_error
 
-__all__ = ["LinearCalibrator", "kfold_indices", "fit_linear", "kull_lambda_grid", "kull_mu_grid"]
+__all__ = ["LinearCalibrator", "kfold_indices", "fit_linear", "kull_lambda_grid", "kull_mu_grid", "REG_MAX"]
+
+#: Largest accepted penalty weight (reg_lambda, reg_mu, grid entries). Kull et al.'s grid ends at 1e6; with a
+#: penalty of 1e12 the penalised entries are already ~1e-12 x the NLL gradient, i.e. zero for any purpose,
+#: and values near float64's limit (1e308, or an int like 10**400) overflow the solver's scaling.
+REG_MAX = 1e12
+
+#: A fit that LBFGS stops before its limits with a scaled gradient entry above this is stalled, not converged:
+#: converged fits on real logits end below ~2e-5 (and at the iteration limit below ~3e-4), stalled ones
+#: (logits near float32's limit) around 0.1 to 1.
+_STALL = 1e-3
 
 
 def kull_lambda_grid(i_min=-5, i_max=6):
@@ -48,7 +60,17 @@ def kfold_indices(n, n_folds, seed):
 
     >>> [f.tolist() for f in kfold_indices(4, 2, 0)]
     [[2, 3], [1, 0]]
+
+    Raises ``ValueError`` unless ``2 <= n_folds <= n`` (more folds than rows would leave empty folds,
+    whose NaN scores no grid search can compare).
     """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, numbers.Integral) or n_folds < 2:
+        raise ValueError(f"Expected cv_folds as an integer >= 2, got {n_folds!r}.")
+    if n_folds > n:
+        raise ValueError(
+            f"Expected cv_folds <= the number of calibration rows ({n}), got cv_folds={n_folds}: some folds "
+            "would be empty. Use fewer folds or more calibration rows."
+        )
     idx = np.arange(n)
     np.random.RandomState(seed).shuffle(idx)
     sizes = np.full(n_folds, n // n_folds)
@@ -57,7 +79,8 @@ def kfold_indices(n, n_folds, seed):
     return [idx[bounds[i]:bounds[i + 1]] for i in range(n_folds)]
 
 
-def fit_linear(features, labels, *, structure, reg_lambda=0.0, reg_mu=0.0, max_iter=500, tol=1e-7, init=None):
+def fit_linear(features, labels, *, structure, reg_lambda=0.0, reg_mu=0.0, max_iter=500, tol=1e-7, init=None,
+               warn=True):
     """Fit ``W`` (k, k) and ``b`` (k,) by LBFGS; ``structure`` is "full" or "diagonal".
 
     ``init`` is an optional ``(W, b)`` start (default: identity and zero). The objective is convex and the
@@ -66,8 +89,11 @@ def fit_linear(features, labels, *, structure, reg_lambda=0.0, reg_mu=0.0, max_i
     problems run torch on one thread (on a shared or busy machine, thread hand-offs cost more than the
     arithmetic).
 
-    Returns ``(W, b, info)`` as float64 numpy arrays and a dict with ``loss``, ``n_iter`` and ``converged``
-    (False when LBFGS stopped at ``max_iter``).
+    Returns ``(W, b, info)`` as float64 numpy arrays and a dict with ``loss``, ``n_iter``, ``converged``
+    (False when LBFGS stopped at ``max_iter`` iterations or its evaluation budget) and ``grad_max`` (the
+    largest scaled gradient entry at the end, to compare with ``tol``). Raises :class:`calib.base.FitError`
+    when the objective or its gradient is not finite (at the start or at the end), instead of returning
+    the start; warns :class:`calib.base.ConvergenceWarning` when not converged (unless ``warn=False``).
     """
     import torch
 
@@ -75,9 +101,27 @@ def fit_linear(features, labels, *, structure, reg_lambda=0.0, reg_mu=0.0, max_i
     if features.shape[0] * features.shape[1] <= 2_000_000:
         torch.set_num_threads(1)
     try:
-        return _fit_linear(torch, features, labels, structure, reg_lambda, reg_mu, max_iter, tol, init)
+        W, b, info = _fit_linear(torch, features, labels, structure, reg_lambda, reg_mu, max_iter, tol, init)
     finally:
         torch.set_num_threads(threads)
+    if warn and not info["converged"]:
+        warnings.warn(_convergence_message(info, max_iter, tol), ConvergenceWarning, stacklevel=2)
+    return W, b, info
+
+
+def _convergence_message(info, max_iter, tol):
+    return (f"LBFGS stopped at max_iter={max_iter} ({info['n_iter']} iterations) before meeting its tolerance: "
+            f"largest scaled gradient entry {info['grad_max']:.3g} (tolerance {tol:.3g}), loss {info['loss']:.8g}. "
+            "Increase max_iter.")
+
+
+def _non_finite_fit(features, where, loss):
+    big = float(np.abs(features).max()) if features.size else 0.0
+    return FitError(
+        f"Expected a finite objective and gradient in the LBFGS fit, got loss {loss!r} {where}; likely cause: "
+        f"features (logits) as large as {big:.3g}, whose cross-entropy or scaling overflows float64. "
+        "Clip or rescale the logits."
+    )
 
 
 def _fit_linear(torch, features, labels, structure, reg_lambda, reg_mu, max_iter, tol, init):
@@ -117,7 +161,8 @@ def _fit_linear(torch, features, labels, structure, reg_lambda, reg_mu, max_iter
         sw, sb = hw.rsqrt(), hb.rsqrt()
     u = (w0 / sw).requires_grad_(True)
     v = (b0 / sb).requires_grad_(True)
-    opt = torch.optim.LBFGS([u, v], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25),
+    max_eval = max_iter + max_iter // 4  # integer arithmetic: no overflow for any max_iter
+    opt = torch.optim.LBFGS([u, v], lr=1.0, max_iter=max_iter, max_eval=max_eval,
                             tolerance_grad=tol, tolerance_change=1e-12, history_size=20,
                             line_search_fn="strong_wolfe")
 
@@ -132,14 +177,35 @@ def _fit_linear(torch, features, labels, structure, reg_lambda, reg_mu, max_iter
         loss.backward()
         return loss
 
+    def grad_max():
+        return max(float(u.grad.abs().max()), float(v.grad.abs().max()))
+
+    start = float(closure().detach())
+    if not (math.isfinite(start) and math.isfinite(grad_max()) and torch.isfinite(sw).all()
+            and torch.isfinite(sb).all()):
+        raise _non_finite_fit(features, "at the start (identity map)" if init is None else "at the start", start)
     opt.step(closure)
     final = float(closure().detach())
+    gmax = grad_max()
+    if not (math.isfinite(final) and math.isfinite(gmax) and torch.isfinite(u).all() and torch.isfinite(v).all()):
+        raise _non_finite_fit(features, f"after {int(opt.state[u].get('n_iter', 0))} LBFGS iterations", final)
     n_iter = int(opt.state[u].get("n_iter", 0))  # LBFGS keeps its state under the first parameter
+    evals = int(opt.state[u].get("func_evals", 0))
     with torch.no_grad():
         W, b = (u * sw).numpy(), (v * sb).numpy()
     if not full:
         W = np.diag(W)
-    return W, b, {"loss": final, "n_iter": n_iter, "converged": n_iter < max_iter}
+    at_limit = n_iter >= max_iter or evals >= max_eval
+    if not at_limit and gmax > _STALL:
+        # LBFGS gave up (no progress in its line search) far from the optimum: what it holds is about the start
+        big = float(np.abs(features).max())
+        raise FitError(
+            f"Expected LBFGS to reach the optimum, got a stop after {n_iter} iterations without progress, far from "
+            f"it (largest scaled gradient entry {gmax:.3g}; converged fits end below ~1e-5, tolerance {tol:.3g}); "
+            f"likely cause: logits as large as {big:.3g}, a scale no step size suits. Clip or rescale the logits."
+        )
+    converged = gmax <= tol or not at_limit
+    return W, b, {"loss": final, "n_iter": n_iter, "converged": converged, "grad_max": gmax}
 
 
 def _nll(probs, labels):
@@ -148,22 +214,35 @@ def _nll(probs, labels):
 
 
 def _check_reg(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected {name} as a real number >= 0, got {type(value).__name__} {value!r}.")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"Expected {name} as a finite number >= 0, got {value!r}.")
-    return float(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected {name} as a real number >= 0, got {type(value).__name__} {value!r:.80}.")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not (math.isfinite(v) and 0 <= v <= REG_MAX):
+        raise ValueError(f"Expected {name} as a finite number in [0, {REG_MAX:g}], got {value!r:.80}.")
+    return v
 
 
 def _check_grid(values, name):
     if values is None:
         return None
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise TypeError(f"Expected {name} as a list of numbers >= 0, got {values!r}.")
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__") or getattr(values, "ndim", 1) != 1:
+        raise TypeError(f"Expected {name} as a list of numbers >= 0, got {type(values).__name__} {values!r:.80}.")
     out = tuple(_check_reg(v, f"{name} entries") for v in values)
     if not out:
         raise ValueError(f"Expected {name} with at least one value, got an empty list.")
     return out
+
+
+def _check_int(value, name, minimum, maximum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {name} as an integer >= {minimum}, got {type(value).__name__} {value!r:.80}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"Expected {name} as an integer {bound}, got {value!r:.80}.")
+    return int(value)
 
 
 class LinearCalibrator(Calibrator):
@@ -179,20 +258,17 @@ class LinearCalibrator(Calibrator):
         self.reg_lambda = _check_reg(reg_lambda, "reg_lambda")
         self.reg_mu = _check_reg(reg_mu, "reg_mu")
         if cv_folds is not None:
-            if isinstance(cv_folds, bool) or not isinstance(cv_folds, numbers.Integral):
-                raise TypeError(f"Expected cv_folds as None or an integer >= 2, got {cv_folds!r}.")
+            if isinstance(cv_folds, (bool, np.bool_)) or not isinstance(cv_folds, numbers.Integral):
+                raise TypeError(f"Expected cv_folds as None or an integer >= 2, got {type(cv_folds).__name__} "
+                                f"{cv_folds!r:.80}.")
             if cv_folds < 2:
-                raise ValueError(f"Expected cv_folds as None or an integer >= 2, got {cv_folds!r}.")
+                raise ValueError(f"Expected cv_folds as None or an integer >= 2, got {cv_folds!r:.80}.")
             cv_folds = int(cv_folds)
         self.cv_folds = cv_folds
         self.cv_lambdas = _check_grid(cv_lambdas, "cv_lambdas")
         self.cv_mus = _check_grid(cv_mus, "cv_mus")
-        if isinstance(cv_seed, bool) or not isinstance(cv_seed, numbers.Integral) or cv_seed < 0:
-            raise TypeError(f"Expected cv_seed as an integer >= 0, got {cv_seed!r}.")
-        self.cv_seed = int(cv_seed)
-        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-            raise ValueError(f"Expected max_iter as an integer >= 1, got {max_iter!r}.")
-        self.max_iter = int(max_iter)
+        self.cv_seed = _check_int(cv_seed, "cv_seed", 0, 2**32 - 1)  # numpy's RandomState seed range
+        self.max_iter = _check_int(max_iter, "max_iter", 1)
 
     # numpy feature map: logits (n, k) -> features (n, k) in the input's dtype
     def _features(self, logits):
@@ -208,10 +284,12 @@ class LinearCalibrator(Calibrator):
         feats = self._features(logits)
         lam, mu = self.reg_lambda, self.reg_mu
         self.cv_results_ = None
+        name = type(self).__name__
         if self.cv_folds is not None:
             grid = self._grid()
-            folds = kfold_indices(feats.shape[0], self.cv_folds, self.cv_seed)
+            folds = kfold_indices(feats.shape[0], self.cv_folds, self.cv_seed)  # raises if cv_folds > rows
             scores = np.zeros(len(grid))
+            not_converged = []
             # strongest regularisation first, each fit warm-started from the previous one of the same mu
             order = sorted(range(len(grid)), key=lambda g: (grid[g][1], -grid[g][0]))
             for val in folds:
@@ -222,19 +300,54 @@ class LinearCalibrator(Calibrator):
                     lam_g, mu_g = grid[g]
                     if prev is not None and prev[0] != mu_g:
                         prev = None
-                    W, b, _ = fit_linear(ftr, ytr, structure=self._structure, reg_lambda=lam_g, reg_mu=mu_g,
-                                         max_iter=self.max_iter, init=None if prev is None else prev[1])
+                    W, b, info = fit_linear(ftr, ytr, structure=self._structure, reg_lambda=lam_g, reg_mu=mu_g,
+                                            max_iter=self.max_iter, init=None if prev is None else prev[1],
+                                            warn=False)
+                    if not info["converged"]:
+                        not_converged.append(info["grad_max"])
                     prev = (mu_g, (W, b))
                     scores[g] += _nll(_linear_softmax(feats[val], W, b), labels[val]) / len(folds)
+            bad = ~np.isfinite(scores)
+            if bad.any():  # argmin would return the first NaN: never pick a pair from a non-finite score
+                pairs = [grid[i] for i in np.flatnonzero(bad)[:5]]
+                raise FitError(f"Expected finite cross-validation scores, got {int(bad.sum())} of {len(grid)} "
+                               f"grid pairs (lambda, mu) with a non-finite mean validation NLL (e.g. {pairs}).")
+            if not_converged:
+                warnings.warn(
+                    f"{name}: {len(not_converged)} of {len(grid) * len(folds)} cross-validation fits stopped at "
+                    f"max_iter={self.max_iter} before meeting their tolerance (largest scaled gradient entry "
+                    f"{max(not_converged):.3g}, tolerance 1e-07); their scores may rank the grid wrongly. "
+                    "Increase max_iter.", ConvergenceWarning, stacklevel=3)
             best = int(np.argmin(scores))
             lam, mu = grid[best]
             self.cv_results_ = {"lambdas": np.array([g[0] for g in grid]), "mus": np.array([g[1] for g in grid]),
                                 "mean_val_nll": scores}
+        self._warn_if_ill_posed(labels, feats.shape[1], lam, mu)
         W, b, info = fit_linear(feats, labels, structure=self._structure, reg_lambda=lam, reg_mu=mu,
-                                max_iter=self.max_iter)
+                                max_iter=self.max_iter, warn=False)
+        if not info["converged"]:
+            warnings.warn(f"{name}: {_convergence_message(info, self.max_iter, 1e-7)}", ConvergenceWarning,
+                          stacklevel=3)
         self.weights_, self.bias_ = W, b
         self.selected_reg_ = (float(lam), float(mu))
         self.fit_info_ = info
+
+    def _warn_if_ill_posed(self, labels, k, lam, mu):
+        """Warn when the fit has more unpenalised parameters than calibration rows (per class: more than
+        the rows of an average class): the NLL then has no finite minimum or a meaningless one."""
+        n = labels.shape[0]
+        full = self._structure == "full"
+        free = (k * k if full and lam == 0 else k) + (k if mu == 0 else 0)
+        if free <= n:
+            return
+        what = (["reg_lambda"] if full and lam == 0 else []) + (["reg_mu"] if mu == 0 else [])
+        warnings.warn(
+            f"{type(self).__name__}: {free} unpenalised parameters ({free / k:g} per class) fitted to {n} calibration "
+            f"rows ({n / k:.3g} per class): the fit is ill-posed (it can match the calibration labels with ever "
+            f"larger weights and returns an over-confident map). Regularise it: set {' and '.join(what)} > 0 "
+            "(ODIR, e.g. 1e-2) or cv_folds=5 to choose them, or use a calibrator with fewer parameters.",
+            UserWarning, stacklevel=4,
+        )
 
     def _predict_proba(self, logits):
         return _linear_softmax(self._features(logits), self.weights_, self.bias_)
@@ -244,13 +357,31 @@ class LinearCalibrator(Calibrator):
                 {"weights": self.weights_, "bias": self.bias_})
 
     def _set_state(self, state, arrays):
-        self.weights_ = np.asarray(arrays["weights"], dtype=np.float64)
-        self.bias_ = np.asarray(arrays["bias"], dtype=np.float64)
-        self.selected_reg_ = (float(state["selected_reg_lambda"]), float(state["selected_reg_mu"]))
+        cls, k = type(self), self.n_classes_
+        W = state_array(arrays, "weights", shape=(k, k), owner=cls)
+        b = state_array(arrays, "bias", shape=(k,), owner=cls)
+        if self._structure == "diagonal" and (W != np.diag(np.diag(W))).any():
+            raise state_error(cls, "weights", f"diagonal (structure {self._structure!r})",
+                              f"{int((W != np.diag(np.diag(W))).sum())} non-zero off-diagonal entries")
+        lam = state_scalar(state, "selected_reg_lambda", float, minimum=0.0, maximum=REG_MAX, owner=cls)
+        mu = state_scalar(state, "selected_reg_mu", float, minimum=0.0, maximum=REG_MAX, owner=cls)
+        if self.cv_folds is None:
+            if (lam, mu) != (self.reg_lambda, self.reg_mu):
+                raise state_error(cls, "selected_reg_lambda/selected_reg_mu",
+                                  f"equal to (reg_lambda, reg_mu) = {(self.reg_lambda, self.reg_mu)} without CV",
+                                  repr((lam, mu)))
+        elif (lam, mu) not in set(self._grid()):
+            raise state_error(cls, "selected_reg_lambda/selected_reg_mu", "a (lambda, mu) pair of the CV grid",
+                              repr((lam, mu)))
+        self.weights_, self.bias_, self.selected_reg_ = W, b, (lam, mu)
 
 
 def _linear_softmax(features, W, b):
-    """``softmax(features @ W.T + b)`` in float32 chunks (float64 for float64 input)."""
+    """``softmax(features @ W.T + b)`` in float32 chunks (float64 for float64 input).
+
+    Rows whose scores overflow float32 are recomputed in float64; rows that overflow even there raise
+    ``ValueError`` (their probabilities would be NaN).
+    """
     dtype = np.result_type(features.dtype, np.float32)
     Wt = W.T.astype(dtype)
     bb = b.astype(dtype)
@@ -258,19 +389,41 @@ def _linear_softmax(features, W, b):
     out = np.empty((n, k), dtype=dtype)
     rows = _chunk_rows(k)
     for s in range(0, n, rows):
-        z = features[s:s + rows].astype(dtype, copy=False) @ Wt
-        z += bb
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = features[s:s + rows].astype(dtype, copy=False) @ Wt
+            z += bb
+        bad = ~np.isfinite(z).all(axis=1)
+        if bad.any():
+            with np.errstate(over="ignore", invalid="ignore"):
+                z64 = features[s:s + rows][bad].astype(np.float64) @ W.T + b
+            still = ~np.isfinite(z64).all(axis=1)
+            if still.any():
+                first = (s + np.flatnonzero(bad)[np.flatnonzero(still)]).tolist()[:5]
+                raise ValueError(
+                    f"Expected logits whose calibrated scores W z + b are finite, got {int(still.sum())} rows that "
+                    f"overflow float64 (first rows: {first}); clip or rescale these logits."
+                )
+            z[bad] = _softmax_rows(z64)
+            z[~bad] = _softmax_rows(z[~bad])
+        else:
+            _softmax_rows(z)
         out[s:s + rows] = z
     return out
+
+
+def _softmax_rows(z):
+    """Row-wise softmax of finite scores, in place; returns ``z``."""
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def log_softmax(logits, floor=math.log(np.finfo(np.float64).eps)):
     """Row-wise log-softmax in the input's precision, floored at ``floor`` (Kull et al. clip p at eps)."""
     x = np.asarray(logits)
-    out = x - x.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):  # a row range beyond the dtype gives -inf, floored below
+        out = x - x.max(axis=1, keepdims=True)
     out -= np.log(np.exp(out).sum(axis=1, keepdims=True))
     np.maximum(out, floor, out=out)
     return out

@@ -11,10 +11,27 @@ from __future__ import annotations
 import numpy as np
 
 from calib import _chunks as chunking
-from calib._validation import check_logits, check_logits_labels
-from calib.base import Component, NotFittedError, constructor_params
+from calib._validation import check_logits, check_logits_labels, warn_if_probabilities
+from calib.base import Component, NotFittedError, StateError, constructor_params
 
-__all__ = ["Calibrator", "NotFittedError", "softmax", "constructor_params"]
+__all__ = ["Calibrator", "NotFittedError", "softmax", "constructor_params", "state_error", "check_option"]
+
+
+def check_option(value, name, options):
+    """``value`` if it is one of the strings ``options``, else ``TypeError`` (not a string) or ``ValueError``,
+    in the template "Expected <name> as one of [...], got ..."."""
+    if not isinstance(value, str):
+        raise TypeError(f"Expected {name} as one of {list(options)}, got {type(value).__name__} {value!r:.80}.")
+    if value not in options:
+        raise ValueError(f"Expected {name} as one of {list(options)}, got {value!r:.80}.")
+    return value
+
+
+def state_error(owner, key, expected, got):
+    """A :class:`calib.base.StateError` in the template of :func:`calib.base.state_scalar`: "Expected state
+    field <key> of <owner> <expected>, got <got>." (for checks the two helpers cannot express)."""
+    who = getattr(owner, "__name__", type(owner).__name__)
+    return StateError(f"Expected state field {key!r} of {who} {expected}, got {got}.")
 
 
 def softmax(logits, *, beta=1.0):
@@ -30,7 +47,8 @@ def softmax(logits, *, beta=1.0):
     for start in range(0, x.shape[0], rows):
         block = out[start:start + rows]
         chunk = x[start:start + rows]
-        np.subtract(chunk, chunk.max(axis=1, keepdims=True), out=block, casting="unsafe")
+        with np.errstate(over="ignore"):  # a row range beyond the dtype gives -inf: probability exactly 0
+            np.subtract(chunk, chunk.max(axis=1, keepdims=True), out=block, casting="unsafe")
         if beta != 1.0:
             block *= scale
         np.exp(block, out=block)
@@ -53,7 +71,16 @@ class Calibrator(Component):
     _fit_hint = "fit(logits, labels) before predict_proba()"
 
     def fit(self, logits, labels):
+        """Fit on calibration logits (n, k) and integer labels (n,); returns ``self``.
+
+        Any array-like works: float16 and integer logits are promoted to float32 (exactly), torch tensors
+        (bfloat16 upcast exactly) are copied to host memory, and views, Fortran-order arrays and memmaps
+        are read as one C-ordered copy, so the fit depends on the values only, never on the layout.
+        Warns (``UserWarning``) when the logits look like softmax probabilities.
+        """
         x, y = check_logits_labels(logits, labels)
+        x = np.ascontiguousarray(x)  # a no-op for C-ordered input; results never depend on memory layout
+        warn_if_probabilities(x, "logits")
         self._fit(x, y)
         self.n_classes_ = int(x.shape[1])
         return self
@@ -61,7 +88,7 @@ class Calibrator(Component):
     def predict_proba(self, logits):
         """Calibrated probabilities, shape (n_samples, n_classes), rows summing to 1."""
         self._check_fitted()
-        x = check_logits(logits, "logits", n_classes=self.n_classes_)
+        x = np.ascontiguousarray(check_logits(logits, "logits", n_classes=self.n_classes_))
         return self._predict_proba(x)
 
     def _fit(self, logits, labels):

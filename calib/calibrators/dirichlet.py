@@ -7,8 +7,8 @@ log(float64 eps) as in the authors' code. Fitted by LBFGS in torch (:mod:`calib.
 
 from __future__ import annotations
 
-from calib._validation import check_choice
 from calib.calibrators._linear import LinearCalibrator, log_softmax
+from calib.calibrators.base import check_option
 from calib.calibrators.vector_matrix import _DOC_PARAMS
 
 __all__ = ["DirichletCalibration"]
@@ -37,7 +37,7 @@ class DirichletCalibration(LinearCalibrator):
 
     def __init__(self, *, matrix="full", reg_lambda=0.0, reg_mu=0.0, cv_folds=None, cv_lambdas=None, cv_mus=None,
                  cv_seed=15, max_iter=500):
-        self.matrix = check_choice(matrix, "matrix", ("full", "diagonal"))
+        self.matrix = check_option(matrix, "matrix", ("full", "diagonal"))
         self._structure = matrix
         self._init_common(reg_lambda=reg_lambda, reg_mu=reg_mu, cv_folds=cv_folds, cv_lambdas=cv_lambdas,
                           cv_mus=cv_mus, cv_seed=cv_seed, max_iter=max_iter)

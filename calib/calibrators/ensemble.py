@@ -8,10 +8,19 @@ minimising the calibration NLL (a convex problem in w; solved by scipy SLSQP in 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from calib.calibrators.base import Calibrator, softmax
-from calib.calibrators.temperature import TemperatureScaling, softmax_scaled
+from calib.base import ConvergenceWarning, FitError, state_array
+from calib.calibrators.base import Calibrator, softmax, state_error
+from calib.calibrators.temperature import (
+    TemperatureScaling,
+    softmax_scaled,
+    state_temperature,
+)
+
+_MAX_ITER = 200  # SLSQP iterations of the weight fit
 
 __all__ = ["EnsembleTemperatureScaling"]
 
@@ -22,7 +31,10 @@ class EnsembleTemperatureScaling(Calibrator):
     Parameters
     ----------
     log_t_bounds : (float, float), default (-4.6, 4.6)
-        Passed to the temperature fit.
+        Passed to the temperature fit (validated as by :class:`TemperatureScaling`).
+
+    Fitting raises :class:`calib.base.FitError` where temperature scaling does, and warns
+    :class:`calib.base.ConvergenceWarning` if the weight fit stops at its iteration limit.
 
     Attributes
     ----------
@@ -48,7 +60,7 @@ class EnsembleTemperatureScaling(Calibrator):
         from scipy.optimize import minimize
 
         ts = TemperatureScaling(log_t_bounds=self.log_t_bounds)
-        ts._fit(logits, labels)
+        ts._fit(logits, labels)  # raises FitError on non-finite objectives and optima outside the bounds
         self.temperature_ = float(ts.temperature_)
         n, k = logits.shape
         rows = np.arange(n)
@@ -59,18 +71,39 @@ class EnsembleTemperatureScaling(Calibrator):
         ], axis=1)
 
         def nll(w):
-            return -np.mean(np.log(comps @ w))
+            with np.errstate(divide="ignore"):  # a label of probability 0 under w: NLL inf, judged below
+                return -np.mean(np.log(comps @ w))
 
         def grad(w):
-            return -(comps / (comps @ w)[:, None]).mean(axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return -(comps / (comps @ w)[:, None]).mean(axis=0)
 
-        res = minimize(nll, np.array([1.0, 0.0, 0.0]), jac=grad, method="SLSQP", bounds=[(0.0, 1.0)] * 3,
+        ts_only = np.array([1.0, 0.0, 0.0])
+        # Start from plain temperature scaling unless a calibration label has probability 0 there (float32
+        # underflow): then from the centre of the simplex, where the uniform component keeps every row > 0.
+        start = ts_only if np.isfinite(nll(ts_only)) else np.full(3, 1.0 / 3.0)
+        res = minimize(nll, start, jac=grad, method="SLSQP", bounds=[(0.0, 1.0)] * 3,
                        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(3)}],
-                       options={"ftol": 1e-12, "maxiter": 200})
+                       options={"ftol": 1e-12, "maxiter": _MAX_ITER})
         w = np.clip(res.x, 0.0, None)
-        w /= w.sum()
-        if nll(w) > nll(np.array([1.0, 0.0, 0.0])):  # never worse than plain temperature scaling
-            w = np.array([1.0, 0.0, 0.0])
+        total = w.sum()
+        if not (np.isfinite(w).all() and total > 0 and np.isfinite(nll(w / total))):
+            raise FitError(
+                f"Expected a finite NLL of the ensemble weights, got weights {res.x.tolist()} and NLL {res.fun!r} "
+                f"(SLSQP: {res.message}); likely cause: calibration labels whose probability underflows to 0 "
+                "under every component (extreme logits): pass float64 logits or clip them."
+            )
+        w /= total
+        if res.status == 9:  # iteration limit
+            g = grad(w)
+            kkt = float(g[w > 1e-12].max() - g.min())  # 0 at the optimum on the simplex
+            warnings.warn(
+                f"EnsembleTemperatureScaling: the weight fit stopped at its iteration limit ({_MAX_ITER}) before "
+                f"meeting its tolerance: optimality residual {kkt:.3g} (0 at the optimum), NLL {nll(w):.6g}.",
+                ConvergenceWarning, stacklevel=3,
+            )
+        if nll(w) > nll(ts_only):  # never worse than plain temperature scaling
+            w = ts_only
         self.weights_ = w
 
     def _predict_proba(self, logits):
@@ -85,5 +118,10 @@ class EnsembleTemperatureScaling(Calibrator):
         return {"temperature": self.temperature_}, {"weights": self.weights_}
 
     def _set_state(self, state, arrays):
-        self.temperature_ = float(state["temperature"])
-        self.weights_ = np.asarray(arrays["weights"], dtype=np.float64)
+        cls = type(self)
+        self.temperature_ = state_temperature(state, self.log_t_bounds, cls)
+        w = state_array(arrays, "weights", shape=(3,), minimum=0.0, maximum=1.0, owner=cls)
+        if abs(w.sum() - 1.0) > 1e-9:
+            raise state_error(cls, "weights", "summing to 1 (mixture weights on the simplex)",
+                              f"a sum of {w.sum()!r}")
+        self.weights_ = w

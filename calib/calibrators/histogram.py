@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib._validation import check_choice, check_positive_int
 from calib._chunks import map_threads as _map_threads
-from calib.calibrators.base import Calibrator, softmax
+from calib._validation import check_positive_int
+from calib.base import state_array
+from calib.calibrators.base import Calibrator, check_option, softmax
 from calib.calibrators.isotonic import renormalise, top_label_apply
 
 __all__ = ["HistogramBinning"]
@@ -98,7 +99,7 @@ class HistogramBinning(Calibrator):
 
     def __init__(self, *, n_bins=15, multiclass="ovr"):
         self.n_bins = check_positive_int(n_bins, "n_bins", minimum=2)
-        self.multiclass = check_choice(multiclass, "multiclass", ("ovr", "top_label"))
+        self.multiclass = check_option(multiclass, "multiclass", ("ovr", "top_label"))
 
     def _fit(self, logits, labels):
         p = softmax(logits)
@@ -130,5 +131,9 @@ class HistogramBinning(Calibrator):
         return {}, {"bin_edges": self.bin_edges_, "bin_frequencies": self.bin_frequencies_}
 
     def _set_state(self, state, arrays):
-        self.bin_edges_ = np.asarray(arrays["bin_edges"], dtype=np.float64)
-        self.bin_frequencies_ = np.asarray(arrays["bin_frequencies"], dtype=np.float64)
+        cls = type(self)
+        m = self.n_classes_ if self.multiclass == "ovr" else 1
+        self.bin_edges_ = state_array(arrays, "bin_edges", shape=(m, self.n_bins - 1), minimum=0.0, maximum=1.0,
+                                      increasing="weak", owner=cls)
+        self.bin_frequencies_ = state_array(arrays, "bin_frequencies", shape=(m, self.n_bins), minimum=0.0,
+                                            maximum=1.0, owner=cls)

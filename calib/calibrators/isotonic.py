@@ -25,12 +25,39 @@ import warnings
 
 import numpy as np
 
-from calib._validation import check_choice
-from calib.calibrators._segmented import (fit_isotonic_columns, fit_isotonic_ovr, interp_rows, interp_rows_f32,
-                                          pad_ragged, transpose)
-from calib.calibrators.base import Calibrator, softmax
+from calib.base import state_array
+from calib.calibrators._segmented import (
+    fit_isotonic_columns,
+    fit_isotonic_ovr,
+    interp_rows,
+    interp_rows_f32,
+    pad_ragged,
+    transpose,
+)
+from calib.calibrators.base import Calibrator, check_option, softmax, state_error
 
-__all__ = ["IsotonicCalibration", "renormalise", "top_label_apply"]
+__all__ = ["IsotonicCalibration", "renormalise", "top_label_apply", "check_ragged_knots"]
+
+
+def check_ragged_knots(owner, key, a, counts, *, increasing=None):
+    """Check a padded (m, L) knot array read from state: row i holds ``counts[i]`` values in [0, 1] (sorted
+    when ``increasing`` is "weak"), then NaN padding, as :func:`calib.calibrators._segmented.pad_ragged` wrote."""
+    valid = np.arange(a.shape[1])[None, :] < counts[:, None]
+    vals = a[valid]
+    if not np.isfinite(vals).all():
+        raise state_error(owner, key, "finite in its first knot_counts entries per row",
+                          f"{int((~np.isfinite(vals)).sum())} non-finite entries")
+    if vals.size and (vals.min() < 0 or vals.max() > 1):
+        raise state_error(owner, key, "in [0, 1] (probabilities)",
+                          f"values in [{vals.min()!r}, {vals.max()!r}]")
+    if not np.isnan(a[~valid]).all():
+        raise state_error(owner, key, "NaN beyond knot_counts (the padding)", "other values there")
+    if increasing:
+        with np.errstate(invalid="ignore"):
+            d = np.diff(a, axis=1)
+        inner = valid[:, 1:]  # both ends of the difference valid
+        if (d[inner] < 0).any():
+            raise state_error(owner, key, "non-decreasing along each row", "values out of order")
 
 
 def renormalise(q, *, name="calibrator", classes_first=False):
@@ -114,7 +141,7 @@ class IsotonicCalibration(Calibrator):
     kind = "isotonic"
 
     def __init__(self, *, multiclass="ovr"):
-        self.multiclass = check_choice(multiclass, "multiclass", ("ovr", "top_label"))
+        self.multiclass = check_option(multiclass, "multiclass", ("ovr", "top_label"))
 
     def _fit(self, logits, labels):
         p = softmax(logits)
@@ -142,6 +169,15 @@ class IsotonicCalibration(Calibrator):
         return {}, {"knots_x": self.knots_x_, "knots_y": self.knots_y_, "knot_counts": self.knot_counts_}
 
     def _set_state(self, state, arrays):
-        self.knots_x_ = np.asarray(arrays["knots_x"], dtype=np.float64)
-        self.knots_y_ = np.asarray(arrays["knots_y"], dtype=np.float64)
-        self.knot_counts_ = np.asarray(arrays["knot_counts"], dtype=np.int64)
+        cls = type(self)
+        m = self.n_classes_ if self.multiclass == "ovr" else 1
+        kx = state_array(arrays, "knots_x", shape=(m, None), finite=False, owner=cls)
+        L = kx.shape[1]
+        ky = state_array(arrays, "knots_y", shape=(m, L), finite=False, owner=cls)
+        counts = state_array(arrays, "knot_counts", shape=(m,), kind="i", minimum=1, maximum=L, owner=cls)
+        if counts.max() != L:
+            raise state_error(cls, "knot_counts", f"with a maximum equal to the padded knot length {L}",
+                              f"a maximum of {int(counts.max())}")
+        check_ragged_knots(cls, "knots_x", kx, counts, increasing="weak")
+        check_ragged_knots(cls, "knots_y", ky, counts, increasing="weak")  # isotonic: non-decreasing maps
+        self.knots_x_, self.knots_y_, self.knot_counts_ = kx, ky, counts

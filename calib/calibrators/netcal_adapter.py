@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import json
 import logging
+import math
 import numbers
 import warnings
 
 import numpy as np
 
-from calib.calibrators.base import Calibrator, softmax
+from calib.base import StateError
+from calib.calibrators.base import Calibrator, softmax, state_error
 
 __all__ = ["NetcalCalibrator", "NETCAL_METHODS"]
 
@@ -58,6 +61,21 @@ class _LogWriter(io.TextIOBase):
         return len(s)
 
 
+def _accepted_kwargs(cls):
+    """Keyword arguments a netcal class's constructor uses: the named parameters of its ``__init__`` and, while
+    an ``__init__`` passes ``**kwargs`` on, of its netcal base classes'."""
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or not klass.__module__.startswith("netcal"):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params
+                  if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 @contextlib.contextmanager
 def _quiet():
     with contextlib.redirect_stdout(_LogWriter(logging.INFO)), contextlib.redirect_stderr(_LogWriter(logging.DEBUG)):
@@ -74,7 +92,9 @@ class NetcalCalibrator(Calibrator):
         A key of :data:`NETCAL_METHODS`.
     method_kwargs : dict or None
         Keyword arguments of the netcal constructor (e.g. ``{"bins": 15}``; ``{"method": "variational"}``
-        for netcal's TemperatureScaling).
+        for netcal's TemperatureScaling). Keys the netcal class does not name in its constructor (or its
+        netcal base classes', which netcal's scaling methods reach through ``**kwargs`` and otherwise drop
+        silently) raise ``TypeError`` listing the accepted ones; checking them imports netcal.
 
     Attributes
     ----------
@@ -93,17 +113,26 @@ class NetcalCalibrator(Calibrator):
     kind = "netcal"
 
     def __init__(self, *, method="HistogramBinning", method_kwargs=None):
+        if not isinstance(method, str):
+            raise TypeError(f"Expected method as a string, one of {sorted(NETCAL_METHODS)}, got "
+                            f"{type(method).__name__} {method!r:.100}.")
         if method not in NETCAL_METHODS:
-            raise ValueError(f"Unknown method {method!r}; valid options: {sorted(NETCAL_METHODS)}.")
+            raise ValueError(f"Expected method as one of {sorted(NETCAL_METHODS)}, got {method!r:.100}.")
         if method_kwargs is None:
             method_kwargs = {}
         if not isinstance(method_kwargs, dict) or not all(isinstance(k, str) for k in method_kwargs):
-            raise TypeError(f"Expected method_kwargs as a dict with string keys, got {method_kwargs!r}.")
+            raise TypeError(f"Expected method_kwargs as a dict with string keys, got {method_kwargs!r:.200}.")
         try:
             json.dumps(method_kwargs, allow_nan=False)
         except (TypeError, ValueError):
-            raise TypeError(f"Expected method_kwargs with JSON-serialisable values, got {method_kwargs!r}.") from None
+            raise TypeError(f"Expected method_kwargs with JSON-serialisable values, got {method_kwargs!r:.200}.") from None
         self.method = method
+        accepted = _accepted_kwargs(self._netcal_class())
+        unknown = sorted(set(method_kwargs) - set(accepted))
+        if unknown:
+            # netcal's scaling methods take **kwargs and drop what they do not know: a typo would be ignored
+            raise TypeError(f"Expected method_kwargs accepted by netcal's {method} ({sorted(accepted)}), got unknown "
+                            f"keys {unknown}.")
         self.method_kwargs = dict(method_kwargs)
 
     def _netcal_class(self):
@@ -119,11 +148,19 @@ class NetcalCalibrator(Calibrator):
         return p[:, 1].copy() if p.shape[1] == 2 else p
 
     @staticmethod
-    def _output(q, k):
+    def _output(q, k, n=None, method="netcal"):
         q = np.asarray(q, dtype=np.float64)
         if k == 2 and q.ndim == 1:
             q = np.column_stack([1.0 - q, q])
-        q = q.reshape(-1, k)
+        if q.ndim != 2 or q.shape[1] != k or (n is not None and q.shape[0] != n):
+            want = f"({'n' if n is None else n}, {k})"
+            raise ValueError(f"Expected probabilities of shape {want} from netcal's {method}, got shape {q.shape}.")
+        if not np.isfinite(q).all():
+            rows = np.flatnonzero(~np.isfinite(q).all(axis=1))
+            raise ValueError(f"Expected finite probabilities from netcal's {method}, got {rows.size} rows with NaN/inf "
+                             f"(first rows: {rows[:5].tolist()}).")
+        if q.min() < 0:
+            raise ValueError(f"Expected probabilities >= 0 from netcal's {method}, got a minimum of {q.min():.6g}.")
         total = q.sum(axis=1, keepdims=True)
         # Some netcal methods (ENIR, BBQ one-vs-rest) can map every class of a row to 0: such rows become
         # uniform, as for one-vs-rest isotonic calibration.
@@ -144,7 +181,7 @@ class NetcalCalibrator(Calibrator):
     def _predict_proba(self, logits):
         with _quiet():
             q = self.model_.transform(self._input(logits))
-        return self._output(q, logits.shape[1])
+        return self._output(q, logits.shape[1], logits.shape[0], self.method)
 
     def _get_state(self):
         arrays = {}
@@ -159,7 +196,29 @@ class NetcalCalibrator(Calibrator):
         return {"model": tree}, arrays
 
     def _set_state(self, state, arrays):
-        self.model_ = _decode(state["model"], arrays)
+        cls = type(self)
+        if "model" not in state:
+            raise state_error(cls, "model", "to be present", "a state without it")
+        used = set()
+        model = _decode(state.pop("model"), arrays, used, "model")
+        for key in used:
+            arrays.pop(key)
+        expected = self._netcal_class()
+        if type(model) is not expected:
+            raise state_error(cls, "model", f"as a fitted netcal {expected.__module__}.{expected.__qualname__} "
+                              f"(method={self.method!r})", f"{type(model).__module__}.{type(model).__qualname__}")
+        self.model_ = model
+        # The tree is netcal's own private state: rather than re-derive netcal's invariants, run the rebuilt
+        # model on a probe (uniform and one-hot-leaning rows) and refuse a model that fails or answers nonsense.
+        k = self.n_classes_
+        probe = np.vstack([np.zeros((1, k)), 4.0 * np.eye(k)]).astype(np.float32)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._predict_proba(probe)
+        except Exception as err:  # noqa: BLE001 - netcal code on untrusted data: any failure means the state is unusable
+            raise state_error(cls, "model", f"as a netcal {self.method} that calibrates {k}-class inputs",
+                              f"a model failing on a probe input ({type(err).__name__}: {err})") from None
 
 
 def _encode(obj, path, arrays, *, allow_objects):
@@ -194,24 +253,60 @@ def _is_netcal_binning(cls):
     return cls.__module__.startswith("netcal.binning")
 
 
-def _decode(tree, arrays):
+_MAX_DEPTH = 64  # netcal's binning objects nest a few levels; a deeper tree was not written by _encode
+
+
+def _decode(tree, arrays, used, path, depth=0):
+    """Rebuild what :func:`_encode` wrote; every refusal is a :class:`calib.base.StateError` naming the path.
+    ``used`` collects the array keys read (the caller pops them, so unreferenced arrays are refused)."""
+    def bad(expected, got):
+        return StateError(f"Expected state field {path!r} of NetcalCalibrator {expected}, got {got}.")
+
+    if depth > _MAX_DEPTH:
+        raise bad(f"nested at most {_MAX_DEPTH} levels deep", "a deeper tree")
+    if not isinstance(tree, dict) or tree.get("t") not in ("s", "a", "l", "u", "d", "o"):
+        raise bad("as a node {'t': 's'|'a'|'l'|'u'|'d'|'o', ...}", f"{tree!r:.100}")
     t = tree["t"]
     if t == "s":
-        return tree["v"]
+        v = tree.get("v")
+        if not (v is None or isinstance(v, (bool, str, int, float))):
+            raise bad("as a scalar (null, bool, number or string)", f"{type(v).__name__}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad("finite", repr(v))
+        return v
     if t == "a":
-        return np.asarray(arrays[tree["k"]])
+        key = tree.get("k")
+        if not isinstance(key, str) or key not in arrays:
+            raise bad("as a reference to a stored array", f"{key!r:.100} (no such array)")
+        a = np.asarray(arrays[key])
+        if a.dtype.kind not in "biuf":
+            raise bad("as a numeric array", f"dtype {a.dtype}")
+        if a.dtype.kind == "f" and np.isnan(a).any():
+            raise bad("without NaN", f"{int(np.isnan(a).sum())} NaN entries in {key!r}")
+        used.add(key)
+        return a
+    v = tree.get("v")
     if t in ("l", "u"):
-        items = [_decode(v, arrays) for v in tree["v"]]
+        if not isinstance(v, list):
+            raise bad("as a list of nodes", f"{type(v).__name__}")
+        items = [_decode(x, arrays, used, f"{path}[{i}]", depth + 1) for i, x in enumerate(v)]
         return items if t == "l" else tuple(items)
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise bad("as a table of nodes", f"{type(v).__name__}")
+    items = {k: _decode(x, arrays, used, f"{path}.{k}", depth + 1) for k, x in v.items()}
     if t == "d":
-        return {k: _decode(v, arrays) for k, v in tree["v"].items()}
-    if t == "o":
-        module, _, name = tree["c"].partition(":")
-        if not module.startswith("netcal.binning"):
-            raise ValueError(f"Refusing to rebuild class {tree['c']!r}: only netcal.binning classes are allowed.")
+        return items
+    module, _, name = str(tree.get("c")).partition(":")
+    if not module.startswith("netcal.binning"):
+        raise bad("as a netcal.binning class", f"class {tree.get('c')!r:.100} (refused: only netcal.binning classes "
+                  "are rebuilt)")
+    try:
         cls = getattr(importlib.import_module(module), name)
-        obj = cls.__new__(cls)
-        for k, v in tree["v"].items():
-            setattr(obj, k, _decode(v, arrays))
-        return obj
-    raise ValueError(f"Unknown netcal state node type {t!r}.")
+    except (ImportError, AttributeError, ValueError):
+        cls = None
+    if not (isinstance(cls, type) and _is_netcal_binning(cls)):
+        raise bad("as a netcal.binning class", f"{tree.get('c')!r:.100}, which is not one")
+    obj = cls.__new__(cls)
+    for k, x in items.items():
+        setattr(obj, k, x)
+    return obj

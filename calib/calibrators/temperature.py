@@ -15,12 +15,16 @@ per-row sums reduced in float64, so memory beyond the input is O(chunk x k).
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import numpy as np
 
-from calib.calibrators.base import Calibrator, _chunk_rows, softmax
+from calib.base import ConvergenceWarning, FitError, state_scalar
+from calib.calibrators.base import Calibrator, _chunk_rows, softmax, state_error
 
-__all__ = ["TemperatureScaling", "fit_inverse_temperature", "nll_derivatives"]
+__all__ = ["TemperatureScaling", "fit_inverse_temperature", "nll_derivatives", "check_log_t_bounds",
+           "LOG_T_LIMIT"]
 
 
 class TemperatureScaling(Calibrator):
@@ -29,8 +33,10 @@ class TemperatureScaling(Calibrator):
     Parameters
     ----------
     log_t_bounds : (float, float), default (-4.6, 4.6)
-        Search interval for log T (default: T in [0.01, 100]). Fitting raises ``ValueError`` when the
-        NLL optimum lies outside it (for example on separable or label-independent data).
+        Search interval for log T (default: T in [0.01, 100]), a pair of numbers inside
+        [-80, 80] (:data:`LOG_T_LIMIT`). Fitting raises :class:`calib.base.FitError` (a ``ValueError``)
+        when the NLL optimum lies outside it (for example on separable or label-independent data), or when
+        the NLL is not finite (logits whose range overflows their dtype: pass float64 logits).
 
     Attributes
     ----------
@@ -52,17 +58,7 @@ class TemperatureScaling(Calibrator):
     kind = "temperature"
 
     def __init__(self, *, log_t_bounds=(-4.6, 4.6)):
-        try:
-            lo, hi = (float(v) for v in log_t_bounds)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"Expected log_t_bounds as two numbers (low, high), got {log_t_bounds!r}."
-            ) from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(
-                f"Expected log_t_bounds as finite (low, high) with low < high, got {log_t_bounds!r}."
-            )
-        self.log_t_bounds = (lo, hi)
+        self.log_t_bounds = check_log_t_bounds(log_t_bounds)
 
     def _fit(self, logits, labels):
         beta, info = fit_inverse_temperature(logits, labels, log_t_bounds=self.log_t_bounds)
@@ -76,7 +72,51 @@ class TemperatureScaling(Calibrator):
         return {"temperature": self.temperature_}, {}
 
     def _set_state(self, state, arrays):
-        self.temperature_ = float(state["temperature"])
+        self.temperature_ = state_temperature(state, self.log_t_bounds, type(self))
+
+
+#: bounds of log T accepted in ``log_t_bounds``: T = exp(+-80) is about 5.5e34 / 1.8e-35, and 1/T must stay a
+#: normal float32 number, since float32 logits are scaled in float32 (exp(88.7) overflows float32).
+LOG_T_LIMIT = 80.0
+
+
+def check_log_t_bounds(value, name="log_t_bounds"):
+    """``(low, high)`` as two finite floats with ``-LOG_T_LIMIT <= low < high <= LOG_T_LIMIT``.
+
+    A string is refused even when it holds digits (``"12"`` would otherwise read as (1, 2)), and so are
+    bools, sequences of another length and numbers too large for a float.
+    """
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__") \
+            or getattr(value, "ndim", 1) != 1:
+        raise TypeError(f"Expected {name} as a pair of numbers (low, high), got {type(value).__name__} {value!r}.")
+    items = list(value)
+    if len(items) != 2 or not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                                  for v in items):
+        raise TypeError(f"Expected {name} as a pair of numbers (low, high), got {value!r}.")
+    try:
+        lo, hi = (float(v) for v in items)
+    except OverflowError:
+        raise ValueError(f"Expected {name} within [-{LOG_T_LIMIT:g}, {LOG_T_LIMIT:g}], got {value!r:.80} "
+                         "(too large for a float).") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"Expected {name} as finite (low, high) with low < high, got {value!r}.")
+    if lo < -LOG_T_LIMIT or hi > LOG_T_LIMIT:
+        raise ValueError(
+            f"Expected {name} within [-{LOG_T_LIMIT:g}, {LOG_T_LIMIT:g}] (T between exp(-{LOG_T_LIMIT:g}) and "
+            f"exp({LOG_T_LIMIT:g}); beyond, 1/T overflows float32), got {value!r}."
+        )
+    return lo, hi
+
+
+def state_temperature(state, log_t_bounds, owner, key="temperature"):
+    """Pop a fitted temperature from ``state``: finite, > 0 and inside ``exp(log_t_bounds)`` (where every fit
+    puts it; a relative 1e-9 of slack covers the rounding of ``1 / beta``)."""
+    lo, hi = math.exp(log_t_bounds[0]), math.exp(log_t_bounds[1])
+    t = state_scalar(state, key, float, minimum=0.0, exclusive=True, owner=owner)
+    if not (lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)):
+        raise state_error(owner, key, f"inside exp(log_t_bounds) = [{lo:.6g}, {hi:.6g}] (where every fit puts it)",
+                          repr(t))
+    return t
 
 
 def softmax_scaled(logits, beta):
@@ -100,6 +140,14 @@ def nll_derivatives(logits, labels, beta, *, order=3, chunk_rows=None):
     work_w = np.empty_like(work_d)
     b = x.dtype.type(beta)
     totals = np.zeros(4)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite totals are the caller's to judge
+        _accumulate(x, y, b, beta, order, rows, n, work_d, work_e, work_w, totals)
+    out = totals / n
+    out[order + 1:] = np.nan
+    return tuple(float(v) for v in out)
+
+
+def _accumulate(x, y, b, beta, order, rows, n, work_d, work_e, work_w, totals):
     for start in range(0, n, rows):
         chunk = x[start:start + rows]
         m = chunk.shape[0]
@@ -122,23 +170,30 @@ def nll_derivatives(logits, labels, beta, *, order=3, chunk_rows=None):
             w *= d
             m3 = np.einsum("ij,ij->i", w, d).astype(np.float64) / s0
             totals[3] += np.sum(m3 - 3.0 * mu * m2 + 2.0 * mu ** 3)
-    out = totals / n
-    out[order + 1:] = np.nan
-    return tuple(float(v) for v in out)
 
 
 def fit_inverse_temperature(logits, labels, *, log_t_bounds=(-4.6, 4.6), tol=None, max_iter=100):
     """Return ``(beta, info)``: the NLL-minimising inverse temperature and fit diagnostics.
 
-    Safeguarded Halley iteration on L'(beta) inside the bracket implied by ``log_t_bounds``; raises
-    ``ValueError`` if the optimum lies outside the bracket. ``tol`` (relative step size at which to stop)
-    defaults to 16 machine epsilons of the input's dtype.
+    Safeguarded Halley iteration on L'(beta) inside the bracket implied by ``log_t_bounds``. Raises
+    :class:`calib.base.FitError` (a ``ValueError``) if the optimum lies outside the bracket or if the NLL or
+    its derivatives are not finite (then no answer is returned, least of all the start value), and warns
+    :class:`calib.base.ConvergenceWarning` when ``max_iter`` iterations end before the tolerance is met
+    (``info["converged"]`` is then False). ``tol`` (relative step size at which to stop) defaults to 16
+    machine epsilons of the input's dtype.
     """
     x = np.asarray(logits)
     y = np.asarray(labels)
     n = x.shape[0]
+    log_t_bounds = check_log_t_bounds(log_t_bounds)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
+        raise TypeError(f"Expected max_iter as an integer >= 1, got {type(max_iter).__name__} {max_iter!r}.")
+    if max_iter < 1:
+        raise ValueError(f"Expected max_iter >= 1, got {max_iter!r}.")
     if tol is None:
         tol = 16 * float(np.finfo(x.dtype).eps)
+    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 < tol < 1):
+        raise ValueError(f"Expected tol as a number in (0, 1), got {tol!r}.")
     beta_lo, beta_hi = math.exp(-log_t_bounds[1]), math.exp(-log_t_bounds[0])
     beta = 1.0
     # A strided subsample gets close cheaply; the full data then needs one or two Halley steps.
@@ -147,10 +202,17 @@ def fit_inverse_temperature(logits, labels, *, log_t_bounds=(-4.6, 4.6), tol=Non
         idx = np.linspace(0, n - 1, sub).round().astype(np.int64)
         try:
             beta, _ = _halley(x[idx], y[idx], 1.0, beta_lo, beta_hi, tol=1e-4, max_iter=max_iter)
-        except ValueError:
+        except ValueError:  # the full data decides (and raises with its own diagnosis)
             beta = 1.0
     beta, info = _halley(x, y, beta, beta_lo, beta_hi, tol=tol, max_iter=max_iter)
     info["n_samples"] = int(n)
+    if not info["converged"]:
+        warnings.warn(
+            f"Temperature scaling stopped at max_iter={max_iter} before meeting its tolerance: the last step "
+            f"changed 1/T by a relative {info['last_step']:.3g} (tolerance {tol:.3g}) and the NLL gradient is "
+            f"{info['gradient']:.3g} at T = {1.0 / beta:.6g}.",
+            ConvergenceWarning, stacklevel=2,
+        )
     return beta, info
 
 
@@ -159,6 +221,9 @@ def _halley(x, y, beta, lo, hi, *, tol, max_iter):
     lo_seen = hi_seen = False  # whether L' has been evaluated at a point that bounds the root
     for it in range(1, max_iter + 1):
         nll, g, h, t = nll_derivatives(x, y, beta)
+        if not (math.isfinite(nll) and math.isfinite(g) and math.isfinite(h)):
+            # NaN compares false both ways: without this check a NaN gradient read as "g == 0", converged
+            raise _non_finite_error(x, beta, nll, g, h)
         if g > 0:
             hi, hi_seen = beta, True
         elif g < 0:
@@ -166,7 +231,7 @@ def _halley(x, y, beta, lo, hi, *, tol, max_iter):
         else:
             return beta, {"nll_after": nll, "n_passes": it, "converged": True}
         if h > 0:
-            denom = 1.0 - g * t / (2.0 * h * h)
+            denom = 1.0 - g * t / (2.0 * h * h) if math.isfinite(t) else 1.0
             step = -g / h / denom if denom > 0.5 else -g / h  # fall back to Newton far from the root
         else:
             step = math.nan
@@ -187,14 +252,36 @@ def _halley(x, y, beta, lo, hi, *, tol, max_iter):
             return new, {"nll_after": nll + g * d + 0.5 * h * d * d, "n_passes": it, "converged": True}
         if (hi - lo) <= tol * lo and lo_seen and hi_seen:
             return new, {"nll_after": nll, "n_passes": it, "converged": True}
+        last_step = abs(new - beta) / beta
         beta = new
-    raise RuntimeError(f"Temperature scaling did not converge in {max_iter} iterations (last beta {beta}).")
+    return beta, {"nll_after": nll, "n_passes": max_iter, "converged": False, "last_step": last_step, "gradient": g}
+
+
+def _non_finite_error(x, beta, nll, g, h):
+    """A :class:`FitError` naming the likely cause of a non-finite NLL or derivative."""
+    rows = _chunk_rows(x.shape[1])
+    over = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, x.shape[0], rows):
+            chunk = x[start:start + rows]
+            span = chunk.max(axis=1) - chunk.min(axis=1)  # in the input's dtype, as the fit computes it
+            over.extend((start + np.flatnonzero(~np.isfinite(span))).tolist())
+    if over:
+        cause = (f"{len(over)} rows whose logit range (max - min) overflows {x.dtype} (first rows: {over[:5]}); "
+                 "pass float64 logits, or clip or drop those rows")
+    else:
+        cause = (f"logits as large as {float(np.abs(x).max()):.3g} overflow {x.dtype} arithmetic at T = "
+                 f"{1.0 / beta:.4g}; pass float64 logits or narrow log_t_bounds")
+    return FitError(
+        f"Expected a finite NLL and derivatives in the temperature fit, got NLL {nll!r}, gradient {g!r}, "
+        f"curvature {h!r} at T = {1.0 / beta:.6g}; likely cause: {cause}."
+    )
 
 
 def _raise_on_bound(beta, g):
     side = "below" if g < 0 else "above"
     t = 1.0 / beta
-    raise ValueError(
+    raise FitError(
         f"Expected the NLL-optimal temperature inside log_t_bounds, got an optimum {side} T = {t:.4g} "
         "(the NLL keeps decreasing towards the bound: separable or label-independent calibration data?). "
         "Widen log_t_bounds if this is intended."

@@ -14,18 +14,21 @@ __all__ = ["VectorScaling", "MatrixScaling"]
 
 _DOC_PARAMS = """
     reg_lambda : float, default 0.0
-        Weight of the sum of squared off-diagonal entries of W (ODIR's lambda; unused by vector scaling).
+        Weight of the sum of squared off-diagonal entries of W (ODIR's lambda; unused by vector scaling),
+        in [0, 1e12]. An unregularised full W with more parameters than calibration rows warns (ill-posed).
     reg_mu : float, default 0.0
-        Weight of the sum of squared intercepts (ODIR's mu).
+        Weight of the sum of squared intercepts (ODIR's mu), in [0, 1e12].
     cv_folds : int or None, default None
         When set, choose (reg_lambda, reg_mu) on the calibration split by shuffled k-fold CV (lowest
         mean validation NLL), then refit on all rows; ``reg_lambda`` / ``reg_mu`` are then ignored.
+        More folds than calibration rows raise ``ValueError`` at fit.
     cv_lambdas, cv_mus : list of float or None
         The CV grid; None gives Kull et al.'s grid (lambda in {1, 0.25, 0.5} x 10^(-5..6), mu in 10^(-5..6)).
     cv_seed : int, default 15
-        Fold shuffling seed (15 and 5 folds reproduce Kull et al.'s folds).
+        Fold shuffling seed in [0, 2**32 - 1] (15 and 5 folds reproduce Kull et al.'s folds).
     max_iter : int, default 500
-        LBFGS iterations.
+        LBFGS iterations; a fit that stops there before meeting its tolerance warns
+        :class:`calib.base.ConvergenceWarning`. A non-finite objective raises :class:`calib.base.FitError`.
 """
 
 
