@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib import _chunks as chunking
-from calib._validation import check_choice, check_positive_int, check_probs_labels
+from calib._validation import as_array, check_choice, check_positive_int, check_probs_labels
 
 __all__ = [
     "accuracy",
@@ -104,6 +104,33 @@ def _bin_index(values, n_bins, binning):
     return idx
 
 
+_CONF_SLACK = 1e-3  # probabilities of rows summing to 1 within check_probs' tolerance may exceed 1 by this
+
+
+def _check_binned(confidence, correct, conf_name="confidence", hit_name="correct"):
+    """``confidence`` (n,) finite in [0, 1], n >= 1, and ``correct`` (n,) booleans or 0/1 integers."""
+    c = as_array(confidence, conf_name)
+    if c.dtype.kind not in "biuf":
+        raise TypeError(f"Expected {conf_name} as real numbers in [0, 1], got dtype {c.dtype}.")
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"Expected {conf_name} of shape (n_samples,) with n >= 1, got shape {c.shape}.")
+    c = np.asarray(c, dtype=np.float64)
+    bad = ~(np.isfinite(c) & (c >= -_CONF_SLACK) & (c <= 1 + _CONF_SLACK))
+    if bad.any():
+        raise ValueError(f"Expected {conf_name} in [0, 1], got {int(bad.sum())} entries outside it or NaN "
+                         f"(e.g. {float(c[bad][0])!r}).")
+    h = as_array(correct, hit_name)
+    if h.shape != c.shape:
+        raise ValueError(f"Expected {hit_name} of length {c.size} (one per {conf_name}), got shape {h.shape}.")
+    if h.dtype != bool:
+        if h.dtype.kind not in "iu":
+            raise TypeError(f"Expected {hit_name} as booleans (or 0/1 integers), got dtype {h.dtype}.")
+        if not np.isin(h, (0, 1)).all():
+            raise ValueError(f"Expected {hit_name} as booleans (or 0/1 integers), got values "
+                             f"{np.unique(h[~np.isin(h, (0, 1))])[:5].tolist()}.")
+    return c, h.astype(bool, copy=False)
+
+
 def calibration_bins(confidence, correct, *, n_bins=15, binning="width"):
     """Per-bin counts, mean confidence and accuracy for a reliability diagram or an ECE.
 
@@ -115,8 +142,7 @@ def calibration_bins(confidence, correct, *, n_bins=15, binning="width"):
     """
     n_bins = check_positive_int(n_bins, "n_bins")
     check_choice(binning, "binning", BINNINGS)
-    conf = np.asarray(confidence, dtype=np.float64)
-    hit = np.asarray(correct, dtype=np.float64)
+    conf, hit = _check_binned(confidence, correct)
     idx = _bin_index(conf, n_bins, binning)
     count = np.bincount(idx, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -135,6 +161,10 @@ def _top_from(p, y, pred):
     return conf, pred == y
 
 
+def _check_bin_options(n_bins, binning):
+    return check_positive_int(n_bins, "n_bins"), check_choice(binning, "binning", BINNINGS)
+
+
 def expected_calibration_error(probs, labels, *, n_bins=15, binning="width"):
     """Top-label ECE: ``sum_b |acc_b - conf_b| * n_b / n`` over confidence bins.
 
@@ -149,6 +179,7 @@ def expected_calibration_error(probs, labels, *, n_bins=15, binning="width"):
     >>> round(expected_calibration_error(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]), n_bins=2), 6)
     0.25
     """
+    n_bins, binning = _check_bin_options(n_bins, binning)
     conf, hit = _top_label(probs, labels)
     return _ece(conf, hit, n_bins, binning)
 
@@ -165,6 +196,7 @@ def maximum_calibration_error(probs, labels, *, n_bins=15, binning="width"):
     >>> maximum_calibration_error(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]), n_bins=2)
     0.25
     """
+    n_bins, binning = _check_bin_options(n_bins, binning)
     conf, hit = _top_label(probs, labels)
     return _mce(conf, hit, n_bins, binning)
 
@@ -214,9 +246,11 @@ def _classwise(p, y, n_bins, binning, reduction):
 
 
 def expected_calibration_error_binary(prob_positive, is_positive, *, n_bins=15, binning="width"):
-    """ECE of a probability for one event against its 0/1 outcomes (the per-class term of classwise ECE)."""
-    conf = np.asarray(prob_positive, dtype=np.float64)
-    count, mean_conf, freq = calibration_bins(conf, is_positive, n_bins=n_bins, binning=binning)
+    """ECE of a probability for one event against its 0/1 outcomes (the per-class term of classwise ECE).
+
+    ``prob_positive`` (n,) in [0, 1]; ``is_positive`` (n,) booleans or 0/1 integers."""
+    conf, hit = _check_binned(prob_positive, is_positive, "prob_positive", "is_positive")
+    count, mean_conf, freq = calibration_bins(conf, hit, n_bins=n_bins, binning=binning)
     filled = count > 0
     return float(np.sum(np.abs(freq[filled] - mean_conf[filled]) * count[filled]) / conf.shape[0])
 

@@ -25,6 +25,7 @@ from calib._validation import as_array, check_choice, check_fraction, check_prob
 __all__ = [
     "CONFIDENCES",
     "RiskCoverage",
+    "confidence_domain",
     "confidence_scores",
     "set_size_confidence",
     "risk_coverage_curve",
@@ -64,6 +65,24 @@ def confidence_scores(probs, confidence="max_prob"):
     return plogp.sum(axis=1)
 
 
+def confidence_domain(confidence, n_classes):
+    """``(lo, hi)``: every ``confidence`` score of probabilities with ``n_classes`` columns lies in it (with the
+    slack of rows summing to 1 within :func:`calib._validation.check_probs`'s tolerance).
+
+    >>> confidence_domain("max_prob", 4)[0] < 0.25 < confidence_domain("max_prob", 4)[1]
+    True
+    """
+    check_choice(confidence, "confidence", CONFIDENCES)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"Expected n_classes as an integer >= 2, got {n_classes!r}.")
+    eps = 1e-3 + 2e-7 * n_classes
+    if confidence == "max_prob":
+        return 1.0 / n_classes - eps, 1.0 + eps
+    if confidence == "margin":
+        return 0.0, 1.0 + eps
+    return -float(np.log(n_classes)) - eps, eps
+
+
 def set_size_confidence(sets):
     """Minus the size of each prediction set (boolean (n, k)): smaller sets are more confident.
 
@@ -77,18 +96,26 @@ def set_size_confidence(sets):
 
 
 def _check_conf_correct(confidence, correct):
-    c = np.asarray(as_array(confidence, "confidence"), dtype=np.float64)
+    """``confidence`` finite reals (n,), n >= 1; ``correct`` booleans or 0/1 integers of the same shape (floats
+    refused: a probability of being right is not an outcome)."""
+    c = as_array(confidence, "confidence")
+    if c.dtype.kind not in "biuf":
+        raise TypeError(f"Expected confidence as real numbers, got dtype {c.dtype}.")
+    c = np.asarray(c, dtype=np.float64)
     h = as_array(correct, "correct")
     if c.ndim != 1 or c.size == 0:
         raise ValueError(f"Expected confidence of shape (n_samples,) with n >= 1, got shape {c.shape}.")
     if h.shape != c.shape:
-        raise ValueError(f"Expected correct of shape {c.shape} (one per confidence), got {h.shape}.")
+        raise ValueError(f"Expected correct of shape {c.shape} (one per confidence), got shape {h.shape}.")
     if h.dtype != bool:
-        if h.dtype.kind not in "iu" or not np.isin(h, (0, 1)).all():
-            raise TypeError(f"Expected correct as booleans (or 0/1), got dtype {h.dtype}.")
+        if h.dtype.kind not in "iu":
+            raise TypeError(f"Expected correct as booleans (or 0/1 integers), got dtype {h.dtype}.")
+        if not np.isin(h, (0, 1)).all():
+            raise ValueError(f"Expected correct as booleans (or 0/1 integers), got values "
+                             f"{np.unique(h[~np.isin(h, (0, 1))])[:5].tolist()}.")
         h = h.astype(bool)
     if not np.isfinite(c).all():
-        raise ValueError("Expected finite confidence scores, got NaN or inf.")
+        raise ValueError(f"Expected finite confidence, got {int((~np.isfinite(c)).sum())} NaN/inf entries.")
     return c, h
 
 

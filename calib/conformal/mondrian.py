@@ -20,11 +20,12 @@ import warnings
 
 import numpy as np
 
-from calib._validation import check_choice
-from calib.conformal.quantile import conformal_quantile, conformal_rank
-from calib.conformal.split import ConformalBase
+from calib._validation import as_array, check_choice
+from calib.base import StateError, state_array
+from calib.conformal.quantile import _rank, conformal_quantile, conformal_rank
+from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone
 
-__all__ = ["MondrianConformal"]
+__all__ = ["MondrianConformal", "check_groups"]
 
 
 class MondrianConformal(ConformalBase):
@@ -66,25 +67,20 @@ class MondrianConformal(ConformalBase):
 
 
     def _strata(self, groups, n, *, fitting):
-        if groups is None:
-            raise ValueError(
-                "Expected groups of shape (n_samples,) for condition='group', got None; the data file "
-                "needs a 'groups' array (or use condition='class')."
-            )
-        g = np.asarray(groups)
-        if g.shape != (n,):
-            raise ValueError(f"Expected groups of shape ({n},), got {g.shape}.")
-        if g.dtype == object:
-            raise TypeError("Expected groups as integers or strings, got an object array.")
+        g = check_groups(groups, n, "groups")
         if fitting:
             return g
-        idx = np.searchsorted(self.groups_, g)
-        idx = np.clip(idx, 0, len(self.groups_) - 1)
-        unseen = self.groups_[idx] != g
+        fitted = self.groups_
+        if _group_kind(g) != _group_kind(fitted):
+            raise TypeError(f"Expected groups of the kind seen at fit ({_group_kind(fitted)}, dtype {fitted.dtype}), "
+                            f"got dtype {g.dtype}.")
+        idx = np.searchsorted(fitted, g)
+        idx = np.clip(idx, 0, len(fitted) - 1)
+        unseen = fitted[idx] != g
         if unseen.any():
             bad = np.unique(g[unseen])
             raise ValueError(
-                f"Expected groups seen at fit {self.groups_[:20].tolist()}, got {bad.size} unseen "
+                f"Expected groups seen at fit {fitted[:20].tolist()}, got {bad.size} unseen "
                 f"group(s) {bad[:10].tolist()}; a group without calibration rows has no valid quantile."
             )
         return idx
@@ -156,12 +152,114 @@ class MondrianConformal(ConformalBase):
             arrays["groups"] = self.groups_
         return state, arrays
 
+    # --- state: every per-stratum field checked against the others and the thresholds --------------------
     def _set_state(self, state, arrays):
-        if "thresholds" not in arrays and "qhat" in arrays:  # schema-1 artifacts before the rename
-            q = np.asarray(arrays.pop("qhat"), dtype=np.float64)
-            arrays["thresholds"] = q.reshape(len(arrays["stratum_sizes"]), -1)
-        super()._set_state(state, arrays)
-        self.stratum_sizes_ = np.asarray(arrays["stratum_sizes"])
-        self.small_strata_ = np.asarray(arrays["small_strata"])
+        legacy = "thresholds" not in arrays and "qhat" in arrays  # schema-1 artifacts before the rename
+        if legacy:
+            arrays["thresholds"] = arrays.pop("qhat")
+        self.__dict__["_legacy_qhat"] = legacy
+        try:
+            super()._set_state(state, arrays)
+        finally:
+            self.__dict__.pop("_legacy_qhat", None)
+
+    def _read_strata(self, state, arrays):
+        owner, k = type(self), self.n_classes_
         if self.condition == "group":
-            self.groups_ = np.asarray(arrays["groups"])
+            if "groups" not in arrays:
+                raise StateError(f"Expected state field 'groups' of {owner.__name__} (an array) to be present for "
+                                 "condition='group', got a state without it.")
+            self.groups_ = _state_groups(arrays.pop("groups"), owner)
+            n_strata = self.groups_.size
+        else:
+            n_strata = k
+        sizes = state_array(arrays, "stratum_sizes", shape=(n_strata,), kind="i",
+                            minimum=1 if self.condition == "group" else 0, owner=owner)
+        if int(sizes.sum()) != self.n_calibration_:
+            raise StateError(f"Expected state field 'stratum_sizes' of {owner.__name__} summing to n_calibration="
+                             f"{self.n_calibration_}, got a sum of {int(sizes.sum())}.")
+        small = state_array(arrays, "small_strata", shape=(None,), kind="i", minimum=0, maximum=n_strata - 1,
+                            increasing="strict", owner=owner)
+        want = np.flatnonzero([_rank(int(m), min(self.alphas)) > m for m in sizes])
+        if not np.array_equal(small, want):
+            raise StateError(f"Expected state field 'small_strata' of {owner.__name__} equal to the strata too small "
+                             f"for alpha={min(self.alphas):g} given stratum_sizes, {want.tolist()}, got "
+                             f"{small.tolist()}.")
+        if small.size and self.small_strata == "error":
+            raise StateError(f"Expected state field 'small_strata' of {owner.__name__} empty with small_strata='error' "
+                             f"(such a fit raises), got {small.tolist()}.")
+        self.stratum_sizes_, self.small_strata_ = sizes, small
+
+    def _threshold_shape(self):
+        return (self.stratum_sizes_.size, len(self.alphas))
+
+    def _read_thresholds(self, state, arrays):
+        owner = type(self)
+        shape = self._threshold_shape()
+        q = arrays.get("thresholds")
+        if self.__dict__.get("_legacy_qhat") and q is not None and np.ndim(q) == 1 and np.size(q) == np.prod(shape):
+            arrays["thresholds"] = np.asarray(q).reshape(shape)  # schema-1 'qhat' of one alpha: (n_strata,)
+        return state_array(arrays, "thresholds", shape=shape, kind="f", finite="allow_inf", owner=owner)
+
+    def _check_thresholds(self, t):
+        """Per cell (stratum, alpha): +inf exactly when the stratum is too small for that alpha ('full'); small
+        cells share the pooled quantile of their alpha ('marginal'), +inf only when n itself is too small."""
+        owner = type(self)
+        sizes, alphas = self.stratum_sizes_, self.alphas
+        small = np.array([[_rank(int(m), a) > m for a in alphas] for m in sizes], dtype=bool).reshape(t.shape)
+        if self.small_strata != "marginal":
+            _check_inf_pattern(owner, np.isposinf(t), small, self.n_calibration_, what="(stratum, alpha)")
+            _check_monotone(owner, t, alphas)
+            return
+        n = self.n_calibration_
+        pooled_inf = np.array([_rank(n, a) > n for a in alphas])
+        want_inf = small & pooled_inf[None, :]
+        _check_inf_pattern(owner, np.isposinf(t), want_inf, n, what="(stratum, alpha)")
+        for j in range(t.shape[1]):
+            cells = t[small[:, j], j]
+            if cells.size > 1 and not (cells == cells[0]).all():
+                raise StateError(f"Expected state field 'thresholds' of {owner.__name__} equal for every stratum too "
+                                 f"small for alpha={alphas[j]:g} (they share the pooled quantile), got "
+                                 f"{np.unique(cells).tolist()[:5]}.")
+        _check_monotone(owner, t[~small.any(axis=1)], alphas)
+
+
+def _group_kind(g):
+    return {"U": "strings", "S": "bytes"}.get(g.dtype.kind, "numbers")
+
+
+def check_groups(groups, n, name="groups"):
+    """Group ids (n,): integers, strings, booleans or finite floats (NaN would form a group no later row can
+    match), never objects."""
+    if groups is None:
+        raise ValueError(
+            f"Expected {name} of shape (n_samples,) for condition='group', got None; the data file "
+            "needs a 'groups' array (or use condition='class')."
+        )
+    g = as_array(groups, name)
+    if g.dtype == object or g.dtype.kind not in "biufUS":
+        raise TypeError(f"Expected {name} as integers or strings, got dtype {g.dtype}.")
+    if g.shape != (n,):
+        raise ValueError(f"Expected {name} of shape ({n},) (one per row of probs), got {g.shape}.")
+    if g.dtype.kind == "f" and not np.isfinite(g).all():
+        bad = int((~np.isfinite(g)).sum())
+        raise ValueError(f"Expected finite {name}, got {bad} NaN/inf entries (first rows: "
+                         f"{np.flatnonzero(~np.isfinite(g))[:5].tolist()}); a NaN group matches no row at predict "
+                         "time.")
+    return g
+
+
+def _state_groups(g, owner):
+    g = np.asarray(g)
+    who = owner.__name__
+    if g.dtype == object or g.dtype.kind not in "biufUS":
+        raise StateError(f"Expected state field 'groups' of {who} as integers or strings, got dtype {g.dtype}.")
+    if g.ndim != 1 or g.size == 0:
+        raise StateError(f"Expected state field 'groups' of {who} of shape (n_groups,) with n_groups >= 1, got shape "
+                         f"{g.shape}.")
+    if g.dtype.kind == "f" and not np.isfinite(g).all():
+        raise StateError(f"Expected state field 'groups' of {who} finite, got NaN/inf entries.")
+    if g.size > 1 and not (g[1:] > g[:-1]).all():  # predict_set finds a row's group by binary search
+        raise StateError(f"Expected state field 'groups' of {who} strictly increasing (sorted, unique), got values "
+                         "out of order or repeated.")
+    return g

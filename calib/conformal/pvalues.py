@@ -10,9 +10,21 @@ For calibration scores ``s_1..s_n`` and a candidate score ``s``:
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
+from calib._validation import as_array
+from calib.conformal.quantile import _check_scores
+
 __all__ = ["conformal_pvalues", "class_pvalues"]
+
+
+def _check_smoothed_seed(smoothed, seed):
+    if not isinstance(smoothed, bool):
+        raise TypeError(f"Expected smoothed as a bool, got {type(smoothed).__name__} {smoothed!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"Expected seed as an integer >= 0, got {seed!r}.")
 
 
 def conformal_pvalues(cal_scores, test_scores, *, smoothed=False, seed=0):
@@ -21,8 +33,15 @@ def conformal_pvalues(cal_scores, test_scores, *, smoothed=False, seed=0):
     >>> conformal_pvalues(np.array([1.0, 2.0, 3.0]), np.array([2.5, 0.0])).tolist()
     [0.5, 1.0]
     """
-    cal = np.sort(np.asarray(cal_scores, dtype=np.float64).ravel())
-    s = np.asarray(test_scores, dtype=np.float64)
+    _check_smoothed_seed(smoothed, seed)
+    cal = np.sort(_check_scores(cal_scores, "cal_scores"))
+    s = as_array(test_scores, "test_scores")
+    if s.dtype.kind not in "biuf":
+        raise TypeError(f"Expected test_scores as real numbers, got dtype {s.dtype}.")
+    s = np.asarray(s, dtype=np.float64)
+    if np.isnan(s).any():
+        raise ValueError(f"Expected test_scores without NaN, got {int(np.isnan(s).sum())} NaN entries; a NaN score "
+                         "has no rank among the calibration scores.")
     n = cal.size
     left = np.searchsorted(cal, s, side="left")
     if not smoothed:
@@ -35,11 +54,22 @@ def conformal_pvalues(cal_scores, test_scores, *, smoothed=False, seed=0):
 def class_pvalues(predictor, cal_probs, cal_labels, probs, *, smoothed=False):
     """Per-class p-values (n, k) of ``probs`` with the score of a conformal predictor (fitted or not).
 
-    Uses the predictor's score and randomisation policy; Mondrian predictors are not supported here.
+    Uses the predictor's score and randomisation policy; Mondrian predictors (one quantile per stratum) are
+    refused: pooled p-values would not be theirs.
     """
-    from calib._validation import check_probs_labels, check_probs
+    from calib._validation import check_probs, check_probs_labels
+    from calib.conformal.split import ConformalBase
 
-    p_cal, y_cal = check_probs_labels(cal_probs, cal_labels)
+    if not isinstance(predictor, ConformalBase):
+        raise TypeError(f"Expected predictor as a conformal predictor of calib.conformal, got "
+                        f"{type(predictor).__name__}.")
+    if getattr(predictor, "condition", None) is not None:
+        raise ValueError(f"Expected predictor without strata (split or conformal_risk_control), got "
+                         f"{type(predictor).__name__}(condition={predictor.condition!r}); its p-values are per "
+                         "stratum.")
+    _check_smoothed_seed(smoothed, 0)
+    n_classes = predictor.__dict__.get("n_classes_")
+    p_cal, y_cal = check_probs_labels(cal_probs, cal_labels, n_classes=n_classes)
     p = check_probs(probs, "probs", n_classes=p_cal.shape[1])
     cal = predictor.label_scores(p_cal, y_cal, predictor._u(p_cal.shape[0], 0))
     test = predictor.scorer.matrix(p, predictor._u(p.shape[0], 1))

@@ -14,11 +14,53 @@ valid answer).
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
+from calib._validation import as_array, check_fraction
+
 __all__ = ["conformal_rank", "conformal_quantile", "min_calibration_size", "coverage_law",
-           "expected_coverage_band"]
+           "expected_coverage_band", "check_alpha"]
+
+
+def check_alpha(alpha, name="alpha"):
+    """One alpha in (0, 1), or a non-empty list of them (returned as float or tuple of floats).
+
+    >>> check_alpha([0.1, 0.2])
+    (0.1, 0.2)
+    """
+    if isinstance(alpha, np.ndarray) and alpha.ndim == 0:
+        alpha = alpha[()]
+    if isinstance(alpha, (list, tuple, np.ndarray)):
+        if len(alpha) == 0:
+            raise ValueError(f"Expected {name} as a number in (0, 1) or a non-empty list of them, got [].")
+        return tuple(check_fraction(a, name) for a in alpha)
+    return check_fraction(alpha, name)
+
+
+def _check_n(n, name="n"):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        if not (isinstance(n, (float, np.floating)) and float(n).is_integer() and n >= 0):
+            raise TypeError(f"Expected {name} as an integer >= 0, got {type(n).__name__} {n!r}.")
+    if n < 0:
+        raise ValueError(f"Expected {name} >= 0, got {n!r}.")
+    return int(n)
+
+
+def _check_scores(scores, name="scores"):
+    """Scores as a 1-D float64 array without NaN (±inf allowed: a score may be infinite)."""
+    s = as_array(scores, name)
+    if s.dtype.kind not in "biuf":
+        raise TypeError(f"Expected {name} as real numbers, got dtype {s.dtype}.")
+    if s.ndim > 1:
+        raise ValueError(f"Expected {name} of shape (n,), got an array of shape {s.shape}.")
+    s = np.asarray(s, dtype=np.float64).ravel()
+    nan = np.isnan(s)
+    if nan.any():
+        raise ValueError(f"Expected {name} without NaN, got {int(nan.sum())} NaN entries (first at index "
+                         f"{int(np.flatnonzero(nan)[0])}); a NaN score would silently leave classes out of every set.")
+    return s
 
 
 def conformal_rank(n, alpha):
@@ -27,7 +69,13 @@ def conformal_rank(n, alpha):
     >>> conformal_rank(999, 0.1)
     900
     """
-    return int(math.ceil((n + 1) * (1.0 - float(alpha)) - 1e-9))
+    n = _check_n(n)
+    alpha = check_fraction(alpha, "alpha")
+    return _rank(n, alpha)
+
+
+def _rank(n, alpha):
+    return int(math.ceil((n + 1) * (1.0 - alpha) - 1e-9))
 
 
 def min_calibration_size(alpha):
@@ -36,8 +84,11 @@ def min_calibration_size(alpha):
     >>> min_calibration_size(0.1)
     9
     """
-    n = max(1, int(math.floor(1.0 / float(alpha))) - 2)
-    while conformal_rank(n, alpha) > n:
+    alpha = check_fraction(alpha, "alpha")
+    if alpha < 1e-300:  # 1 / alpha overflows; no calibration set of any size reaches such a level
+        raise ValueError(f"Expected alpha >= 1e-300 (a calibration set of about 1 / alpha rows), got {alpha!r}.")
+    n = max(1, int(math.floor(1.0 / alpha)) - 2)
+    while _rank(n, alpha) > n:  # a few steps: the answer is within 3 of 1/alpha - 1 for every alpha in (0, 1)
         n += 1
     return n
 
@@ -48,6 +99,7 @@ def conformal_quantile(scores, alpha, *, allow_infinite=False):
     Parameters
     ----------
     scores : ndarray of shape (n,)
+        No NaN (refused: a NaN would sort last and silently pick a wrong quantile); ±inf allowed.
     alpha : float or sequence of float in (0, 1)
     allow_infinite : bool, default=False
         When n is too small for alpha: False raises ValueError, True returns ``inf``.
@@ -59,10 +111,13 @@ def conformal_quantile(scores, alpha, *, allow_infinite=False):
     >>> conformal_quantile(np.arange(1.0, 20.0), 0.1)
     18.0
     """
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = _check_scores(scores)
+    if not isinstance(allow_infinite, bool):
+        raise TypeError(f"Expected allow_infinite as a bool, got {type(allow_infinite).__name__} {allow_infinite!r}.")
+    scalar = np.ndim(alpha) == 0
+    alphas = np.asarray(check_alpha(alpha), dtype=np.float64).reshape(-1)
     n = s.shape[0]
-    alphas = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
-    ranks = np.array([conformal_rank(n, a) for a in alphas], dtype=np.int64)
+    ranks = np.array([_rank(n, a) for a in alphas], dtype=np.int64)
     too_big = ranks > n
     if too_big.any() and not allow_infinite:
         a = float(alphas[too_big][0])
@@ -77,7 +132,7 @@ def conformal_quantile(scores, alpha, *, allow_infinite=False):
         kth = np.unique(ranks[ok] - 1)
         part = np.partition(s, kth)
         out[ok] = part[ranks[ok] - 1]
-    if np.ndim(alpha) == 0:
+    if scalar:
         return float(out[0])
     return out
 
@@ -91,7 +146,7 @@ def coverage_law(n, alpha):
     (90, 10)
     """
     r = conformal_rank(n, alpha)
-    return r, n + 1 - r
+    return r, _check_n(n) + 1 - r
 
 
 def expected_coverage_band(n, alpha):
@@ -102,4 +157,4 @@ def expected_coverage_band(n, alpha):
     (0.9, 0.9)
     """
     r = conformal_rank(n, alpha)
-    return 1.0 - float(alpha), r / (n + 1.0)
+    return 1.0 - float(alpha), r / (_check_n(n) + 1.0)

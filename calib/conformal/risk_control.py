@@ -17,10 +17,13 @@ Set-size penalties are not monotone in ``lam`` and so are not offered.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from calib._validation import check_choice, check_labels, check_probs
-from calib.conformal.split import ConformalBase
+from calib._validation import as_array, check_choice, check_fraction, check_labels, check_positive_int, check_probs
+from calib.conformal.quantile import _check_n, _check_scores, _rank
+from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone
 
 __all__ = ["ConformalRiskControl", "risk_control_threshold"]
 
@@ -42,16 +45,36 @@ def risk_control_threshold(pair_scores, pair_weights, n, alpha, *, n_positive=No
     >>> risk_control_threshold(np.arange(1.0, 20.0), np.ones(19), 19, 0.1)
     18.0
     """
-    n_pos = n if n_positive is None else n_positive
+    scores = _check_scores(pair_scores, "pair_scores")
+    weights = as_array(pair_weights, "pair_weights")
+    if weights.dtype.kind not in "biuf":
+        raise TypeError(f"Expected pair_weights as real numbers, got dtype {weights.dtype}.")
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != scores.shape:
+        raise ValueError(f"Expected pair_weights of length {scores.size} (one per pair score), got shape "
+                         f"{weights.shape}.")
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError("Expected pair_weights finite and >= 0, got negative or non-finite entries.")
+    n = check_positive_int(n, "n")
+    n_pos = n if n_positive is None else _check_n(n_positive, "n_positive")
+    if n_pos > n:
+        raise ValueError(f"Expected n_positive <= n={n}, got {n_pos}.")
+    if abs(weights.sum() - n_pos) > 1e-6 * max(1, n_pos):  # the weights of each positive row sum to 1
+        raise ValueError(f"Expected pair_weights summing to n_positive={n_pos} (each row's weights sum to 1), got a "
+                         f"sum of {weights.sum():.6g}.")
+    alpha = check_fraction(alpha, "alpha")
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not (0 < bound < np.inf):
+        raise ValueError(f"Expected bound as a finite number > 0 (the largest loss), got {bound!r}.")
+    pair_scores = scores
     order = np.argsort(pair_scores, kind="stable")
-    w = np.cumsum(np.asarray(pair_weights, dtype=np.float64)[order])
+    w = np.cumsum(weights[order])
     need = n_pos + bound - alpha * (n + 1)
     if need <= 0:
         return -np.inf
     t = int(np.searchsorted(w, need - 1e-9, side="left"))
     if t >= w.size:
         return np.inf
-    return float(np.asarray(pair_scores, dtype=np.float64)[order][t])
+    return float(pair_scores[order][t])
 
 
 class ConformalRiskControl(ConformalBase):
@@ -92,7 +115,7 @@ class ConformalRiskControl(ConformalBase):
         """Fit ``qhat_`` on probs (n, k) and labels: ints (n,) or, for ``loss="fnr"``, bool (n, k)."""
         p = check_probs(probs, "probs")
         n, k = p.shape
-        lab = np.asarray(labels)
+        lab = as_array(labels, "labels")
         self._reset()
         u = self._u(n, 0)
         if lab.ndim == 2 and lab.shape[1] > 1:
@@ -119,6 +142,17 @@ class ConformalRiskControl(ConformalBase):
         self.n_calibration_ = int(n)
         self.n_classes_ = int(k)
         return self
+
+    def _allows_neg_inf(self):
+        return self.loss == "fnr"  # empty sets already control the FNR when few rows have a positive label
+
+    def _check_thresholds(self, t):
+        """``lam_hat`` is non-increasing in alpha; for the miscoverage loss it is the split-conformal
+        quantile, so +inf exactly when n is too small for alpha."""
+        if self.loss == "miscoverage":
+            n = self.n_calibration_
+            _check_inf_pattern(type(self), np.isposinf(t), np.array([_rank(n, a) > n for a in self.alphas]), n)
+        _check_monotone(type(self), t, self.alphas)
 
     def predict_set(self, probs, groups=None):
         """Boolean sets (n, k) (or (n, k, n_alphas)): ``s(x, j) <= qhat_``."""

@@ -29,11 +29,40 @@ from calib import _chunks as chunking
 
 __all__ = ["lac_scores", "aps_scores", "raps_scores", "saps_scores", "topk_scores", "SCORES", "Score", "LAC", "APS",
            "RAPS", "SAPS", "TopK", "CallableScore", "make_score", "sorted_order", "label_rank_scores", "rank_sets",
-           "lac_prob_threshold"]
+           "lac_prob_threshold", "check_score_inputs", "check_u", "RANK_KINDS"]
 
 
 def _chunks(n, k):
     return chunking.row_slices(n, k, entries=chunking.SORT)
+
+
+def check_score_inputs(probs, labels=None, u=None, *, n_classes=None):
+    """Validated ``(p, labels, u)`` for the public score functions and methods: probabilities (n, k) as
+    :func:`calib._validation.check_probs`, labels in [0, k) of length n (or None), ``u`` (n,) uniforms in
+    [0, 1] (or None)."""
+    from calib._validation import check_labels, check_probs
+
+    p = check_probs(probs, "probs", n_classes=n_classes)
+    y = None if labels is None else check_labels(labels, "labels", n_samples=p.shape[0], n_classes=p.shape[1])
+    return p, y, check_u(u, p.shape[0])
+
+
+def check_u(u, n):
+    """Per-row uniforms: None, or finite floats in [0, 1] of shape (n,)."""
+    if u is None:
+        return None
+    from calib._validation import as_array
+
+    a = as_array(u, "u")
+    if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
+        raise TypeError(f"Expected u as uniform draws in [0, 1] (floats), got dtype {a.dtype}.")
+    if a.shape != (n,):
+        raise ValueError(f"Expected u of shape ({n},) (one uniform per row of probs), got shape {a.shape}.")
+    a = a.astype(np.float64, copy=False)
+    if not (np.isfinite(a).all() and (a >= 0).all() and (a <= 1).all()):
+        bad = a[~(np.isfinite(a) & (a >= 0) & (a <= 1))]
+        raise ValueError(f"Expected u in [0, 1], got {bad.size} entries outside it (e.g. {float(bad[0])!r}).")
+    return a
 
 
 def lac_scores(probs, labels=None):
@@ -51,7 +80,7 @@ def lac_scores(probs, labels=None):
     >>> lac_scores(np.array([[0.7, 0.3]]), np.array([1])).round(6).tolist()
     [0.7]
     """
-    p = np.asarray(probs)
+    p, labels, _ = check_score_inputs(probs, labels)
     if labels is None:
         return 1.0 - p.astype(np.float64)
     return 1.0 - p[np.arange(p.shape[0]), labels].astype(np.float64)
@@ -85,7 +114,11 @@ def _rank_scores_sorted(p_sorted, kind, u, *, k_reg=0, lam=0.0, weight=1.0):
         s[:, 0] = uu * pmax
         s[:, 1:] = pmax[:, None] + weight * (np.arange(0, k - 1, dtype=np.float64)[None, :] + uu[:, None])
         return s
-    raise ValueError(f"Unknown rank score {kind!r}.")
+    raise ValueError(f"Expected a rank score kind in {list(RANK_KINDS)}, got {kind!r}.")
+
+
+#: the scores computed from each row's order of decreasing probability
+RANK_KINDS = ("aps", "raps", "saps", "topk")
 
 
 def label_rank_scores(block, labels, kind, u, *, k_reg=0, lam=0.0, weight=1.0):
@@ -116,11 +149,11 @@ def label_rank_scores(block, labels, kind, u, *, k_reg=0, lam=0.0, weight=1.0):
         uu = np.ones(rows) if uu is None else uu
         pmax = block.max(axis=1).astype(np.float64)
         return np.where(rank == 1, uu * pmax, pmax + weight * (rank - 2 + uu))
-    raise ValueError(f"Unknown rank score {kind!r}.")
+    raise ValueError(f"Expected a rank score kind in {list(RANK_KINDS)}, got {kind!r}.")
 
 
 def _rank_scores(probs, labels, kind, u, **kw):
-    p = np.asarray(probs)
+    p, labels, u = check_score_inputs(probs, labels, u)
     n, k = p.shape
     if labels is not None:
         out = np.empty(n, dtype=np.float64)
@@ -197,6 +230,10 @@ def lac_prob_threshold(qhat, dtype):
     0.75
     """
     dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"Expected dtype float32 or float64, got {dtype}.")
+    if isinstance(qhat, bool) or not isinstance(qhat, (numbers.Real, np.floating)) or np.isnan(qhat):
+        raise ValueError(f"Expected qhat as a real number or ±inf (not NaN), got {qhat!r}.")
     one = np.array(1.0, dtype=dtype)
     if not (1.0 - float(one)) <= qhat:
         return np.inf
@@ -234,7 +271,8 @@ def raps_scores(probs, labels=None, *, u=None, k_reg=1, lam=0.01):
     >>> raps_scores(np.array([[0.6, 0.3, 0.1]]), k_reg=1, lam=0.5).round(6).tolist()
     [[0.6, 1.4, 2.0]]
     """
-    return _rank_scores(probs, labels, "raps", u, k_reg=k_reg, lam=lam)
+    s = RAPS(k_reg=k_reg, lam=lam)  # validates k_reg and lam
+    return _rank_scores(probs, labels, "raps", u, k_reg=s.k_reg, lam=s.lam)
 
 
 def saps_scores(probs, labels=None, *, u=None, weight=0.2):
@@ -246,7 +284,7 @@ def saps_scores(probs, labels=None, *, u=None, weight=0.2):
     >>> saps_scores(np.array([[0.6, 0.3, 0.1]]), weight=0.5).round(6).tolist()
     [[0.6, 1.1, 1.6]]
     """
-    return _rank_scores(probs, labels, "saps", u, weight=weight)
+    return _rank_scores(probs, labels, "saps", u, weight=SAPS(weight=weight).weight)
 
 
 def topk_scores(probs, labels=None, *, u=None):
@@ -276,6 +314,16 @@ class Score:
     def params(self):
         """Hyper-parameters that define the score (JSON)."""
         return {}
+
+    def domain(self, n_classes):
+        """``(lo, hi)``: every score of probabilities with ``n_classes`` columns lies in it (with the slack of
+        rows that sum to 1 within :func:`calib._validation.check_probs`'s tolerance). A fitted threshold is
+        a calibration score (or ±inf), so stored thresholds outside it were not produced by a fit."""
+        return -np.inf, np.inf
+
+    @staticmethod
+    def _slack(n_classes):
+        return 1e-3 + 2e-7 * n_classes
 
     def label_scores(self, p, labels, u=None):
         """Scores of the given labels, (n,) float64."""
@@ -333,6 +381,9 @@ class LAC(Score):
     precision (:func:`lac_prob_threshold`), exactly the sets of ``1 - p_j <= t``."""
 
     name = "lac"
+
+    def domain(self, n_classes):
+        return -self._slack(n_classes), 1.0
 
     def label_scores(self, p, labels, u=None):
         return 1.0 - p[np.arange(p.shape[0]), labels].astype(np.float64)  # one gather: nothing to chunk
@@ -409,6 +460,9 @@ class APS(_RankScore):
 
     name = "aps"
 
+    def domain(self, n_classes):
+        return -self._slack(n_classes), 1.0 + self._slack(n_classes)
+
 
 class RAPS(_RankScore):
     """Regularised APS (Angelopoulos et al., 2021): :func:`raps_scores` with ``k_reg`` and ``lam``."""
@@ -424,6 +478,10 @@ class RAPS(_RankScore):
 
     def params(self):
         return {"k_reg": self.k_reg, "lam": self.lam}
+
+    def domain(self, n_classes):
+        eps = self._slack(n_classes)
+        return -eps, 1.0 + eps + self.lam * max(0, n_classes - self.k_reg)
 
 
 class SAPS(_RankScore):
@@ -441,11 +499,18 @@ class SAPS(_RankScore):
     def params(self):
         return {"weight": self.weight}
 
+    def domain(self, n_classes):
+        eps = self._slack(n_classes)
+        return -eps, 1.0 + eps + self.weight * (n_classes - 1)
+
 
 class TopK(_RankScore):
     """The label's rank: sets are the top-k classes (:func:`topk_scores`)."""
 
     name = "topk"
+
+    def domain(self, n_classes):
+        return 0.0, float(n_classes)
 
 
 class CallableScore(Score):
@@ -459,10 +524,30 @@ class CallableScore(Score):
         self.name = getattr(fn, "__name__", "callable")
 
     def blocks(self, p, u=None):
-        s = np.asarray(self.fn(p), dtype=np.float64)
+        yield slice(0, p.shape[0]), self._call(p)
+
+    def _call(self, p):
+        """``fn(p)`` checked: real scores of shape (n, k) without NaN (±inf allowed), as float64."""
+        who = f"the score callable {self.name!r}"
+        out = self.fn(p)
+        try:
+            s = np.asarray(out)
+        except Exception as err:  # noqa: BLE001  (an object numpy cannot read as an array)
+            raise TypeError(f"Expected {who} to return real scores of shape {p.shape}, got "
+                            f"{type(out).__name__} ({err}).") from None
+        if s.dtype.kind not in "biuf":
+            raise TypeError(f"Expected {who} to return real scores of shape {p.shape}, got dtype {s.dtype}.")
         if s.shape != p.shape:
-            raise ValueError(f"Expected the score callable to return shape {p.shape}, got {s.shape}.")
-        yield slice(0, p.shape[0]), s
+            raise ValueError(f"Expected the score callable to return shape {p.shape}, got {s.shape} from "
+                             f"{self.name!r} (one score per row and class).")
+        s = s.astype(np.float64, copy=False)
+        nan = np.isnan(s)
+        if nan.any():
+            rows = np.flatnonzero(nan.any(axis=1))
+            raise ValueError(f"Expected {who} to return scores without NaN, got {int(nan.sum())} NaN entries "
+                             f"(first rows: {rows[:5].tolist()}); a NaN score is never <= a threshold, so it "
+                             "would silently leave the class out of every set.")
+        return s
 
     def label_scores(self, p, labels, u=None):
         (_, s), = self.blocks(p)
@@ -478,6 +563,9 @@ class CallableScore(Score):
 def _sets_buffer(p, thresholds):
     """Thresholds as float64 and an uninitialised bool (n, k, m) for their sets (m: the last axis)."""
     t = np.asarray(thresholds, dtype=np.float64)
+    if np.isnan(t).any():
+        raise ValueError(f"Expected thresholds without NaN, got {int(np.isnan(t).sum())} NaN entries; a NaN "
+                         "threshold gives empty sets.")
     return t, np.empty(p.shape + (t.shape[-1],), dtype=bool)
 
 

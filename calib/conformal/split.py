@@ -13,22 +13,14 @@ import numbers
 import numpy as np
 
 from calib._validation import as_array, check_choice, check_fraction, check_labels, check_probs
-from calib.base import Component, NotFittedError, constructor_params  # noqa: F401  (NotFittedError: re-export)
+from calib.base import (Component, NotFittedError, StateError, constructor_params,  # noqa: F401  (re-export)
+                        state_array, state_scalar)
 from calib.conformal import scores as _scores
-from calib.conformal.quantile import conformal_quantile, conformal_rank
+from calib.conformal.quantile import _rank, check_alpha, conformal_quantile, conformal_rank
 
 __all__ = ["SplitConformal", "ConformalBase", "check_alpha"]
 
 RAPS_LAMBDA_GRID = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
-
-
-def check_alpha(alpha):
-    """One alpha in (0, 1), or a non-empty list of them (returned as float or tuple of floats)."""
-    if isinstance(alpha, (list, tuple, np.ndarray)):
-        if len(alpha) == 0:
-            raise ValueError("Expected alpha as a number in (0, 1) or a non-empty list of them, got [].")
-        return tuple(check_fraction(a, "alpha") for a in alpha)
-    return check_fraction(alpha, "alpha")
 
 
 class ConformalBase(Component):
@@ -104,8 +96,12 @@ class ConformalBase(Component):
         return np.random.default_rng([self.seed, stream]).random(n)
 
     def label_scores(self, probs, labels, u=None):
-        """Scores of the given labels, shape (n,), float64 (``u``: per-row uniforms or None)."""
-        return self.scorer.label_scores(np.asarray(probs), np.asarray(labels), u)
+        """Scores of the given labels, shape (n,), float64 (``u``: per-row uniforms in [0, 1] or None).
+
+        ``probs`` and ``labels`` are validated (with the class count of the fit once fitted)."""
+        n_classes = self.__dict__.get("n_classes_")
+        p, y, u = _scores.check_score_inputs(probs, labels, u, n_classes=n_classes)
+        return self.scorer.label_scores(p, y, u)
 
     def score_matrix(self, probs):
         """Scores of every class, shape (n, k), with the predict-time randomisation."""
@@ -171,14 +167,75 @@ class ConformalBase(Component):
         return state, {"thresholds": self.thresholds_}
 
     def _set_state(self, state, arrays):
-        self.n_calibration_ = int(state.pop("n_calibration"))
-        if "k_reg" in state:
-            self.score_ = _scores.RAPS(k_reg=int(state.pop("k_reg")), lam=float(state.pop("lam")))
-        if "thresholds" in arrays:
-            t = np.asarray(arrays["thresholds"], dtype=np.float64)
-        else:  # artifacts written before thresholds moved to arrays: state["qhat"], "inf"/"-inf" as strings
-            t = np.atleast_1d(np.asarray(_from_json(state.pop("qhat")), dtype=np.float64))
+        """Every field checked as strictly as a fit would have produced it (state is untrusted input)."""
+        owner = type(self)
+        self.n_calibration_ = state_scalar(state, "n_calibration", int, minimum=1, owner=owner)
+        score = self._score
+        if isinstance(score, _scores.RAPS):  # written for every RAPS predictor (calib >= 0.1)
+            k_reg = state_scalar(state, "k_reg", int, minimum=0, owner=owner)
+            lam = state_scalar(state, "lam", float, minimum=0, owner=owner)
+            self._check_raps_state(k_reg, lam)
+            score = _scores.RAPS(k_reg=k_reg, lam=lam)
+        self.score_ = score
+        self._read_strata(state, arrays)
+        t = self._read_thresholds(state, arrays)
+        self._check_threshold_domain(t)
+        self._check_thresholds(t)
         self.thresholds_ = t
+
+    # --- state checks (hooks) -----------------------------------------------------------------------
+    def _check_raps_state(self, k_reg, lam):
+        """Without tuning the fitted RAPS parameters are the constructor's."""
+        if (k_reg, lam) != (self.k_reg, self.lam):
+            raise StateError(f"Expected state fields 'k_reg' and 'lam' of {type(self).__name__} equal to the "
+                             f"parameters k_reg={self.k_reg}, lam={self.lam} (no tuning), got k_reg={k_reg}, "
+                             f"lam={lam}.")
+
+    def _read_strata(self, state, arrays):
+        """Per-stratum fields read before the thresholds (Mondrian)."""
+
+    def _threshold_shape(self):
+        return (len(self.alphas),)
+
+    def _read_thresholds(self, state, arrays):
+        owner = type(self)
+        shape = self._threshold_shape()
+        if "thresholds" in arrays or "qhat" not in state:
+            return state_array(arrays, "thresholds", shape=shape, kind="f", finite="allow_inf", owner=owner)
+        # artifacts written before thresholds moved to arrays: state["qhat"], "inf"/"-inf" as strings
+        t = np.atleast_1d(np.asarray(_from_json(state.pop("qhat"), owner), dtype=np.float64))
+        if t.shape != shape:
+            raise StateError(f"Expected state field 'qhat' of {owner.__name__} with {shape[0]} value(s) (one per "
+                             f"alpha), got {t.size}.")
+        return t
+
+    def _check_threshold_domain(self, t):
+        """Finite thresholds lie in the score's range; -inf only where the kind allows it, +inf only with
+        ``allow_infinite`` (both checked again, exactly, by :meth:`_check_thresholds`)."""
+        who, k = type(self).__name__, self.n_classes_
+        lo, hi = self.scorer.domain(k)
+        finite = t[np.isfinite(t)]
+        if finite.size and (finite.min() < lo or finite.max() > hi):
+            bad = finite[(finite < lo) | (finite > hi)]
+            raise StateError(f"Expected state field 'thresholds' of {who} in [{lo:.6g}, {hi:.6g}] (the range of "
+                             f"score {self.score_name!r} with {k} classes) or inf, got {bad.size} outside it "
+                             f"(e.g. {float(bad[0])!r}).")
+        if np.isneginf(t).any() and not self._allows_neg_inf():
+            raise StateError(f"Expected state field 'thresholds' of {who} without -inf (a fit of this kind never "
+                             "gives empty sets by construction), got -inf.")
+        if np.isposinf(t).any() and not self.allow_infinite:
+            raise StateError(f"Expected state field 'thresholds' of {who} finite with allow_infinite=False, got inf.")
+
+    def _allows_neg_inf(self):
+        return False
+
+    def _check_thresholds(self, t):
+        """Split conformal: threshold j is +inf exactly when n is too small for alpha j; smaller alphas
+        never have smaller thresholds."""
+        n = self.n_calibration_
+        want_inf = np.array([_rank(n, a) > n for a in self.alphas])
+        _check_inf_pattern(type(self), np.isposinf(t), want_inf, n)
+        _check_monotone(type(self), t, self.alphas)
 
     def _repr_params(self):
         return {"score": self.score_name, "alpha": self.alpha}
@@ -247,6 +304,10 @@ class SplitConformal(ConformalBase):
             perm = np.random.default_rng([self.seed, 2]).permutation(p.shape[0])
             n_tune = int(round(self.tune_fraction * p.shape[0]))
             tune_idx, cal_idx = np.sort(perm[:n_tune]), np.sort(perm[n_tune:])
+            if cal_idx.size == 0:
+                raise ValueError(f"Expected calibration rows left after the tuning split (tune_fraction="
+                                 f"{self.tune_fraction:g} of n={p.shape[0]}), got none; lower tune_fraction or "
+                                 "add calibration data.")
             score = self._tune_raps(p[tune_idx], y[tune_idx])
             p, y = p[cal_idx], y[cal_idx]
         s = score.label_scores(p, y, self._u(p.shape[0], 0))
@@ -256,6 +317,17 @@ class SplitConformal(ConformalBase):
         self.n_calibration_ = int(p.shape[0])
         self.n_classes_ = int(p.shape[1])
         return self
+
+    def _check_raps_state(self, k_reg, lam):
+        if not self.tune:
+            return super()._check_raps_state(k_reg, lam)
+        who = type(self).__name__
+        if not 1 <= k_reg <= self.n_classes_:  # a quantile of the true labels' ranks
+            raise StateError(f"Expected state field 'k_reg' of {who} in [1, {self.n_classes_}] (a tuned rank), "
+                             f"got {k_reg}.")
+        if lam not in RAPS_LAMBDA_GRID:
+            raise StateError(f"Expected state field 'lam' of {who} in the tuning grid {list(RAPS_LAMBDA_GRID)}, "
+                             f"got {lam!r}.")
 
     def _tune_raps(self, p, y):
         """RAPS with ``k_reg`` and ``lam`` chosen on the tuning rows (see the class docstring)."""
@@ -301,8 +373,38 @@ class SplitConformal(ConformalBase):
         return out
 
 
-def _from_json(v):
+def _from_json(v, owner=None):
     """A threshold as schema-1 artifacts stored it in JSON: a float, or "inf"/"-inf" (or a list of them)."""
-    if isinstance(v, list):
-        return [float(x) for x in v]  # float("inf") and float("-inf") parse the stored strings
+    if isinstance(v, list) and v:
+        return [_from_json(x, owner) for x in v]
+    if isinstance(v, str) and v in ("inf", "-inf"):
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v):
+        who = getattr(owner, "__name__", "component")
+        raise StateError(f"Expected state field 'qhat' of {who} as finite numbers or the strings 'inf'/'-inf', "
+                         f"got {type(v).__name__} {v!r}.")
     return float(v)
+
+
+def _check_inf_pattern(owner, is_inf, want_inf, n, what="alpha"):
+    """+inf thresholds exactly where the rank exceeds the calibration size (what no fit changes)."""
+    if not np.array_equal(is_inf, want_inf):
+        i = np.flatnonzero(is_inf != want_inf)[0]
+        i = np.unravel_index(i, is_inf.shape)
+        got = "inf" if is_inf[i] else "a finite value"
+        want = "inf (n too small for it)" if want_inf[i] else "finite (n is large enough for it)"
+        raise StateError(f"Expected state field 'thresholds' of {owner.__name__} at {what} index {tuple(map(int, i))} "
+                         f"{want} for n_calibration={n}, got {got}.")
+
+
+def _check_monotone(owner, t, alphas):
+    """A smaller alpha never gets a smaller threshold (along the last axis of ``t``)."""
+    order = np.argsort(np.asarray(alphas, dtype=np.float64), kind="stable")
+    ts = np.asarray(t)[..., order]
+    if ts.shape[-1] > 1:
+        with np.errstate(invalid="ignore"):  # inf - inf
+            bad = ts[..., 1:] > ts[..., :-1]
+        if bad.any():
+            raise StateError(f"Expected state field 'thresholds' of {owner.__name__} non-increasing in alpha (a "
+                             f"smaller alpha never gets a smaller threshold), got {np.asarray(t).tolist()} for "
+                             f"alpha={list(alphas)}.")

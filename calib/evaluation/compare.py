@@ -8,11 +8,12 @@ Models must share one test set (same labels in the same order), so their rows ar
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 
 import numpy as np
 
-from calib._validation import check_positive_int
+from calib._validation import check_fraction, check_positive_int
 from calib.plotting.routing import check_policy_name
 
 __all__ = ["compare_models", "markdown_table", "check_policy_name"]
@@ -33,13 +34,22 @@ def compare_models(datasets, make_calibrator, policies, *, n_bins=15, n_resample
     from calib.evaluation.routing import evaluate_routing
 
     n_bins = check_positive_int(n_bins, "n_bins")
+    check_positive_int(n_resamples, "n_resamples")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"Expected seed as an integer >= 0, got {seed!r}.")
+    if not hasattr(policies, "items"):
+        raise TypeError(f"Expected policies as a mapping of name -> callable returning a policy, got "
+                        f"{type(policies).__name__}.")
     if not callable(make_calibrator):
         raise TypeError(f"Expected make_calibrator as a callable returning a calibrator, got {make_calibrator!r}.")
     bad = sorted(name for name, make in dict(policies).items() if not callable(make))
     if bad:
         raise TypeError(f"Expected policies as a mapping of name -> callable returning a policy; not callable: {bad}.")
     rows, curves, test_labels, first = [], {}, None, None
-    for name, data in datasets:
+    for item in datasets:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"Expected datasets as (name, LogitsData) pairs, got {type(item).__name__} {item!r:.80}.")
+        name, data = item
         cal, test = data.split_cal_test(seed=seed)
         if test_labels is None:
             test_labels, first = test.labels, name
@@ -82,7 +92,16 @@ def _fmt_ci(m, key, pct=True):
 
 def markdown_table(rows, policy_name, *, target_risk=None, delta=None, calibrator="temperature scaling", n_bins=15):
     """One markdown table of ``rows`` (from :func:`compare_models`) for one policy, best accuracy first."""
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise ValueError(f"Expected rows as the non-empty list of compare_models(...)['rows'], got {rows!r:.80}.")
     check_policy_name(rows, policy_name)
+    if target_risk is not None:
+        check_fraction(target_risk, "target_risk")
+    if delta is not None:
+        check_fraction(delta, "delta")
+    n_bins = check_positive_int(n_bins, "n_bins")
+    if not isinstance(calibrator, str):
+        raise TypeError(f"Expected calibrator as a name (str), got {type(calibrator).__name__} {calibrator!r}.")
     head = (f"Policy `{policy_name}`"
             + (f" (target selective risk r = {target_risk}, delta = {delta})" if target_risk is not None else "")
             + f"; rates in %, 95% percentile-bootstrap CI in brackets; ECE after {calibrator} ({n_bins} bins).\n\n")

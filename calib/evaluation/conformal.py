@@ -3,7 +3,10 @@ the data of its figures (drawn by :meth:`calib.evaluation.pipeline.PipelineResul
 
 from __future__ import annotations
 
+import numpy as np
+
 from calib._json import to_json
+from calib._validation import check_same_length
 from calib.evaluation.set_metrics import set_metrics
 
 __all__ = ["conformal_stage"]
@@ -33,6 +36,18 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
         ``set_size_histogram.png`` (:class:`SetSizeData`), ``class_coverage.png`` (:class:`ClassCoverageData`),
         all from :mod:`calib.plotting.conformal`; empty when ``plots`` is False. Nothing is drawn here.
     """
+    from calib.conformal.split import ConformalBase
+
+    if not isinstance(predictor, ConformalBase):
+        raise TypeError(f"Expected predictor as a conformal predictor of calib.conformal.REGISTRY, got "
+                        f"{type(predictor).__name__}.")
+    if not isinstance(plots, bool):
+        raise TypeError(f"Expected plots as a bool, got {type(plots).__name__} {plots!r}.")
+    for name, labels, groups in (("cal", cal_labels, cal_groups), ("test", test_labels, test_groups)):
+        if groups is not None:
+            n = len(np.atleast_1d(np.asarray(labels)))
+            g = np.atleast_1d(np.asarray(groups))
+            check_same_length(n, f"{name}_groups", f"{name}_labels", **{f"{name}_groups": g})
     if getattr(predictor, "condition", None) == "group" and (cal_groups is None or test_groups is None):
         raise ValueError(
             "Expected cal_groups and test_groups for a group-conditional conformal predictor, got None; the data "

@@ -26,12 +26,14 @@ touching the items — the same distribution as ``scipy.stats.bootstrap`` with `
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from calib._validation import check_fraction, check_labels, check_positive_int
+from calib._validation import as_array, check_fraction, check_labels, check_positive_int
 from calib.policy.costs import as_cost_model
 
-__all__ = ["RATE_KEYS", "outcome_cells", "metrics_from_counts", "product_metrics"]
+__all__ = ["RATE_KEYS", "outcome_cells", "metrics_from_counts", "product_metrics", "check_actions"]
 
 #: Metrics reported with a confidence interval.
 RATE_KEYS = ("automation_rate", "escalation_rate", "fallback_rate", "selective_risk", "selective_accuracy",
@@ -41,17 +43,47 @@ RATE_KEYS = ("automation_rate", "escalation_rate", "fallback_rate", "selective_r
 
 def outcome_cells(actions, prediction, labels, fallback=None):
     """Cell index per item: ``4 * action + 2 * model_right + fallback_right`` in [0, 12)."""
-    a = np.asarray(actions)
     y = check_labels(labels, "labels")
     n = y.size
-    if a.shape != (n,) or not np.isin(a, (0, 1, 2)).all():
-        raise ValueError(f"Expected actions of shape ({n},) with values 0/1/2, got shape {a.shape}.")
+    if n == 0:
+        raise ValueError("Expected labels of at least one item, got length 0.")
+    a = check_actions(actions, n)
     pred = check_labels(prediction, "prediction", n_samples=n)
     model_right = pred == y
     fb_right = np.zeros(n, dtype=bool) if fallback is None else check_labels(fallback, "fallback", n_samples=n) == y
     if fallback is None and (a == 2).any():
         raise ValueError("Expected fallback labels for items routed to fallback, got fallback=None.")
     return (4 * a.astype(np.int64) + 2 * model_right + fb_right).astype(np.int64)
+
+
+def check_actions(actions, n, name="actions"):
+    """Actions (n,) of 0 (answer), 1 (escalate), 2 (fallback) as integers (bool and float refused)."""
+    a = as_array(actions, name)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"Expected {name} as integers 0 (answer), 1 (escalate), 2 (fallback), got dtype {a.dtype}.")
+    if a.shape != (n,):
+        raise ValueError(f"Expected {name} of length {n} (one per label), got shape {a.shape}.")
+    bad = ~np.isin(a, (0, 1, 2))
+    if bad.any():
+        raise ValueError(f"Expected {name} with values 0/1/2, got {np.unique(a[bad])[:5].tolist()}.")
+    return a.astype(np.int64)
+
+
+def _check_counts(counts):
+    c = as_array(counts, "counts")
+    if c.dtype.kind not in "iuf" or c.dtype.kind == "b":
+        raise TypeError(f"Expected counts as non-negative integer cell counts, got dtype {c.dtype}.")
+    if c.ndim not in (1, 2) or c.shape[-1] != 12:
+        raise ValueError(f"Expected counts of shape (12,) or (B, 12) (one per outcome cell), got shape {c.shape}.")
+    c = np.asarray(c, dtype=np.float64)
+    bad = ~(np.isfinite(c) & (c >= 0) & (c == np.round(c)))
+    if bad.any():
+        raise ValueError(f"Expected counts as non-negative integers, got {int(bad.sum())} other entries "
+                         f"(e.g. {float(c[bad][0])!r}).")
+    empty = c.reshape(-1, 12).sum(axis=1) == 0
+    if empty.any():
+        raise ValueError(f"Expected counts of at least one item per row, got {int(empty.sum())} rows of zeros.")
+    return c
 
 
 def metrics_from_counts(counts, costs=None):
@@ -63,7 +95,7 @@ def metrics_from_counts(counts, costs=None):
     (0.88, 0.6667)
     """
     cm = as_cost_model(costs)
-    c = np.asarray(counts, dtype=np.float64)
+    c = _check_counts(counts)
     squeeze = c.ndim == 1
     c = np.atleast_2d(c).reshape(-1, 3, 2, 2)  # (B, action, model_right, fallback_right)
     n = c.sum(axis=(1, 2, 3))
@@ -127,6 +159,9 @@ def product_metrics(actions, prediction, labels, fallback=None, *, costs=None, n
     """
     n_resamples = check_positive_int(n_resamples, "n_resamples")
     confidence_level = check_fraction(confidence_level, "confidence_level")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"Expected seed as an integer >= 0, got {seed!r}.")
+    costs = as_cost_model(costs)
     cells = outcome_cells(actions, prediction, labels, fallback)
     counts = np.bincount(cells, minlength=12)
     n = int(counts.sum())

@@ -5,12 +5,32 @@ selective metrics, slices and the data of its figures (drawn by
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from calib._json import to_json
-from calib._validation import check_probs_labels
+from calib._validation import check_labels, check_positive_int, check_probs_labels, check_same_length
 
 __all__ = ["policy_stage", "evaluate_routing"]
+
+
+def _check_resampling(n_resamples, seed):
+    n_resamples = check_positive_int(n_resamples, "n_resamples")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"Expected seed as an integer >= 0, got {seed!r}.")
+    return n_resamples, int(seed)
+
+
+def _rows(a):
+    return None if a is None else np.atleast_1d(np.asarray(a))
+
+
+def _check_policy(policy):
+    from calib.policy import RoutingPolicy
+
+    if not isinstance(policy, RoutingPolicy):
+        raise TypeError(f"Expected policy as a routing policy of calib.policy.REGISTRY, got {type(policy).__name__}.")
 
 
 def _sets(conformal, probs, groups):
@@ -35,7 +55,10 @@ def evaluate_routing(policy, probs, labels, *, sets=None, fallback=None, n_resam
     """Route ``probs`` with a fitted policy and return ``(decision, product metrics dict)``."""
     from calib.evaluation.product_metrics import product_metrics
 
+    _check_policy(policy)
+    n_resamples, seed = _check_resampling(n_resamples, seed)
     decision = policy.route(probs, sets=sets, fallback=fallback)
+    labels = check_labels(labels, "labels", n_samples=decision.actions.size, n_classes=policy.n_classes_)
     metrics = product_metrics(decision.actions, decision.prediction, labels, decision.fallback,
                               costs=policy.cost_model, n_resamples=n_resamples, seed=seed)
     return decision, metrics
@@ -72,8 +95,12 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     from calib.plotting import FigureSpec
     from calib.plotting import routing as rplots
 
+    _check_policy(policy)
+    n_resamples, seed = _check_resampling(n_resamples, seed)
     cal_p, cal_y = check_probs_labels(cal_probs, cal_labels)
     test_p, test_y = check_probs_labels(test_probs, test_labels, n_classes=cal_p.shape[1])
+    check_same_length(cal_y.size, "cal_groups", "cal_probs", cal_groups=_rows(cal_groups))
+    check_same_length(test_y.size, "test_groups", "test_probs", test_groups=_rows(test_groups))
     if policy.needs_sets and conformal is None:
         raise ValueError(
             f"Policy {policy.kind!r} routes on conformal prediction sets, but no conformal predictor is configured "

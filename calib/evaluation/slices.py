@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib._validation import check_fraction, check_probs_labels
+from calib._validation import as_array, check_fraction, check_positive_int, check_probs_labels
+from calib.evaluation.product_metrics import check_actions
+from calib.evaluation.set_metrics import check_groups
 from calib.metrics import _bin_index
 
 __all__ = ["holm_adjust", "silent_failure_slices"]
@@ -24,7 +26,16 @@ def holm_adjust(pvalues):
     >>> holm_adjust(np.array([0.01, 0.04, 0.03])).round(3).tolist()
     [0.03, 0.06, 0.06]
     """
-    p = np.asarray(pvalues, dtype=np.float64)
+    p = as_array(pvalues, "pvalues")
+    if p.dtype.kind not in "biuf" or p.dtype.kind == "b":
+        raise TypeError(f"Expected pvalues as real numbers in [0, 1], got dtype {p.dtype}.")
+    if p.ndim != 1:
+        raise ValueError(f"Expected pvalues of shape (m,), got shape {p.shape}.")
+    p = np.asarray(p, dtype=np.float64)
+    bad = ~((p >= 0) & (p <= 1))  # NaN fails both
+    if bad.any():
+        raise ValueError(f"Expected pvalues in [0, 1], got {int(bad.sum())} entries outside it or NaN "
+                         f"(e.g. {float(p[bad][0])!r}).")
     m = p.size
     order = np.argsort(p, kind="stable")
     adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
@@ -56,10 +67,13 @@ def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=
     p, y = check_probs_labels(probs, labels)
     target = check_fraction(target, "target")
     alpha = check_fraction(alpha, "alpha")
+    n_bins = check_positive_int(n_bins, "n_bins")
     n, k = p.shape
-    a = np.asarray(actions)
-    if a.shape != (n,):
-        raise ValueError(f"Expected actions of shape ({n},), got {a.shape}.")
+    a = check_actions(actions, n)
+    if class_names is not None:
+        if isinstance(class_names, str) or not hasattr(class_names, "__len__") or len(class_names) != k:
+            got = f"length {len(class_names)}" if hasattr(class_names, "__len__") else type(class_names).__name__
+            raise ValueError(f"Expected class_names with {k} entries (one per column of probs), got {got}.")
     pred = p.argmax(axis=1)
     conf = p[np.arange(n), pred].astype(np.float64)
     hit = pred == y
@@ -68,9 +82,7 @@ def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=
     bins = _bin_index(conf, n_bins, "width")
     kinds = [("class", y, [str(c) for c in range(k)] if class_names is None else list(class_names))]
     if groups is not None:
-        g = np.asarray(groups)
-        if g.shape != (n,):
-            raise ValueError(f"Expected groups of shape ({n},), got {g.shape}.")
+        g = check_groups(groups, n, length_of="probs")
         uniq, gi = np.unique(g, return_inverse=True)
         kinds.append(("group", gi, [str(u) for u in uniq]))
     rows = []

@@ -83,12 +83,32 @@ class CostModel:
 
     def action_costs(self, p_pred, p_fallback):
         """Expected cost of (answer, escalate, fallback) per item, shape (n, 3); inf where no fallback."""
-        p_pred = np.asarray(p_pred, dtype=np.float64)
+        p_pred = _probabilities(p_pred, "p_pred")
+        p_fb = None if p_fallback is None else _probabilities(p_fallback, "p_fallback", n=p_pred.size)
         out = np.empty((p_pred.size, 3))
         out[:, 0] = (1.0 - p_pred) * self.wrong_answer
         out[:, 1] = self.escalation_cost
-        out[:, 2] = np.inf if p_fallback is None else (1.0 - np.asarray(p_fallback, np.float64)) * self.wrong_fallback
+        out[:, 2] = np.inf if p_fb is None else (1.0 - p_fb) * self.wrong_fallback
         return out
+
+
+def _probabilities(x, name, n=None):
+    """A 1-D float64 array of probabilities in [0, 1] (of length ``n`` when given)."""
+    from calib._validation import as_array
+
+    a = as_array(x, name)
+    if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
+        raise TypeError(f"Expected {name} as probabilities (real numbers in [0, 1]), got dtype {a.dtype}.")
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"Expected {name} of shape (n,), got shape {a.shape}.")
+    if n is not None and a.size != n:
+        raise ValueError(f"Expected {name} of length {n} (one per entry of p_pred), got length {a.size}.")
+    bad = ~((a >= 0) & (a <= 1 + 1e-3))  # NaN fails both; rows summing to 1 within tolerance may exceed 1 a little
+    if bad.any():
+        raise ValueError(f"Expected {name} in [0, 1], got {int(bad.sum())} entries outside it or NaN "
+                         f"(e.g. {float(a[bad][0])!r}).")
+    return a
 
 
 def as_cost_model(costs):

@@ -33,9 +33,13 @@ import warnings
 
 import numpy as np
 
-from calib._validation import check_fraction
+from calib._validation import as_array, check_fraction, check_positive_int
+from calib.base import StateError, state_scalar
+from calib.selective import _check_conf_correct
 
-__all__ = ["Guarantee", "ltt_threshold", "binomial_upper_bound"]
+__all__ = ["Guarantee", "ltt_threshold", "binomial_upper_bound", "guarantee_from_state"]
+
+METHOD = "learn_then_test_fixed_sequence_binomial"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +77,34 @@ def binomial_upper_bound(errors, n, delta):
     """
     from scipy.stats import beta
 
-    errors = np.asarray(errors, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
+    delta = check_fraction(delta, "delta")
+    errors, n = _counts(errors, "errors"), _counts(n, "n")
+    try:
+        errors, n = np.broadcast_arrays(errors, n)
+    except ValueError:
+        raise ValueError(f"Expected errors and n of the same shape, got {np.shape(errors)} and "
+                         f"{np.shape(n)}.") from None
+    if (errors > n).any():
+        i = np.flatnonzero((errors > n).ravel())[0]
+        raise ValueError(f"Expected errors <= n, got errors={errors.ravel()[i]:g} > n={n.ravel()[i]:g}.")
     with np.errstate(invalid="ignore", divide="ignore"):
         ub = beta.ppf(1.0 - delta, errors + 1.0, np.maximum(n - errors, 1e-300))
     ub = np.where(errors >= n, 1.0, ub)
     out = np.where(n > 0, ub, 1.0)
     return float(out) if out.ndim == 0 else out
+
+
+def _counts(x, name):
+    """Non-negative integral counts (any shape) as float64."""
+    a = as_array(x, name)
+    if a.dtype.kind not in "biuf" or a.dtype.kind == "b":
+        raise TypeError(f"Expected {name} as non-negative integer counts, got dtype {a.dtype}.")
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all() or (a < 0).any() or (a != np.round(a)).any():
+        bad = a[~(np.isfinite(a) & (a >= 0) & (a == np.round(a)))]
+        raise ValueError(f"Expected {name} as non-negative integer counts, got {bad.size} other values "
+                         f"(e.g. {float(bad[0])!r}).")
+    return a
 
 
 def _grid(conf_sorted_desc, grid_size):
@@ -113,8 +138,9 @@ def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escal
     ----------
     confidence : ndarray (n,)
         Calibration confidence scores (higher = more confident).
-    correct : ndarray (n,), bool
-        Whether the model's answer is right on each calibration item.
+    correct : ndarray (n,), bool (or 0/1 integers)
+        Whether the model's answer is right on each calibration item. Floats are refused, even 0.0/1.0: a
+        probability of being right is not an outcome.
     target_risk : float in (0, 1), optional
         Target selective risk r.
     delta : float in (0, 1), default 0.1
@@ -140,17 +166,15 @@ def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escal
     if target_risk is None and max_escalation is None:
         raise ValueError("Expected target_risk or max_escalation (or both), got neither.")
     delta = check_fraction(delta, "delta")
-    from calib._validation import check_positive_int
-
     n_starts = check_positive_int(n_starts, "n_starts")
+    if grid_size is not None:
+        grid_size = check_positive_int(grid_size, "grid_size", minimum=2)
     if target_risk is not None:
         target_risk = check_fraction(target_risk, "target_risk")
     if max_escalation is not None:
         max_escalation = check_fraction(max_escalation, "max_escalation")
-    c = np.asarray(confidence, dtype=np.float64)
-    h = np.asarray(correct, dtype=bool)
-    if c.ndim != 1 or c.shape != h.shape or c.size == 0:
-        raise ValueError(f"Expected confidence and correct of the same shape (n,), got {c.shape} and {h.shape}.")
+    # correct: booleans or 0/1 integers only (a float "correctness" read as bool would be all-correct)
+    c, h = _check_conf_correct(confidence, correct)
     n = c.size
     level = delta / 2 if (target_risk is not None and max_escalation is not None) else delta
 
@@ -212,3 +236,82 @@ def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escal
         risk_upper_bound=None if ub is None else float(ub), cal_selective_risk=(ea / na) if na else None,
         cal_coverage=na / n, n_answered=na, n_tested=int(n_tested), message=msg,
     )
+
+
+_GUARANTEE_FIELDS = ("certified", "target_risk", "delta", "max_escalation", "risk_upper_bound", "cal_selective_risk",
+                     "cal_coverage", "n_answered", "n_tested", "method", "message")
+
+
+def guarantee_from_state(g, threshold, *, target_risk, delta, max_escalation, domain, owner):
+    """A :class:`Guarantee` from stored state (untrusted): every field checked, and against the others, the
+    policy's parameters and its ``threshold``; ``domain`` = (lo, hi) of the confidence score. Raises
+    :class:`calib.base.StateError` naming the field."""
+    who = getattr(owner, "__name__", str(owner))
+    if not isinstance(g, dict):
+        raise StateError(f"Expected state field 'guarantee' of {who} as a mapping, got {type(g).__name__} {g!r}.")
+    g = {f"guarantee.{k}": v for k, v in g.items()}
+
+    def err(field, expected, got):
+        return StateError(f"Expected state field 'guarantee.{field}' of {who} {expected}, got {got}.")
+
+    def optional(field, **kw):
+        key = f"guarantee.{field}"
+        if key not in g:
+            raise err(field, "to be present", "a state without it")
+        if g[key] is None:
+            g.pop(key)
+            return None
+        return state_scalar(g, key, float, owner=owner, **kw)
+
+    certified = state_scalar(g, "guarantee.certified", bool, owner=owner)
+    stored = {"target_risk": optional("target_risk", minimum=0, maximum=1, exclusive=True),
+              "delta": state_scalar(g, "guarantee.delta", float, minimum=0, maximum=1, exclusive=True, owner=owner),
+              "max_escalation": optional("max_escalation", minimum=0, maximum=1, exclusive=True)}
+    for field, want in (("target_risk", target_risk), ("delta", delta), ("max_escalation", max_escalation)):
+        if stored[field] != want:
+            raise err(field, f"equal to the policy's parameter {field}={want!r}", repr(stored[field]))
+    ub = optional("risk_upper_bound", minimum=0, maximum=1)
+    risk = optional("cal_selective_risk", minimum=0, maximum=1)
+    coverage = state_scalar(g, "guarantee.cal_coverage", float, minimum=0, maximum=1, owner=owner)
+    n_answered = state_scalar(g, "guarantee.n_answered", int, minimum=0, owner=owner)
+    n_tested = state_scalar(g, "guarantee.n_tested", int, minimum=0, owner=owner)
+    method = state_scalar(g, "guarantee.method", str, choices=(METHOD,), owner=owner)
+    message = state_scalar(g, "guarantee.message", str, owner=owner)
+    if g:
+        raise StateError(f"Unexpected state of {who}: guarantee fields {sorted(k[10:] for k in g)} are not written by "
+                         f"any fit (expected {list(_GUARANTEE_FIELDS)}).")
+
+    # consistency: what ltt_threshold always returns together
+    if (coverage == 0) != (n_answered == 0):
+        raise err("cal_coverage", f"0 exactly when n_answered is 0 (n_answered={n_answered})", repr(coverage))
+    if (risk is None) != (n_answered == 0):
+        raise err("cal_selective_risk", f"null exactly when n_answered is 0 (n_answered={n_answered})", repr(risk))
+    if risk is not None and abs(risk * n_answered - round(risk * n_answered)) > 1e-6 * max(1, n_answered):
+        raise err("cal_selective_risk", f"a whole number of errors out of n_answered={n_answered}", repr(risk))
+    if (ub is None) != (target_risk is None and n_answered == 0):
+        raise err("risk_upper_bound", "null exactly when there is no target risk and nothing is answered", repr(ub))
+    if ub is not None and risk is not None and ub < risk - 1e-9:
+        raise err("risk_upper_bound", f">= cal_selective_risk={risk!r} (an upper bound of it)", repr(ub))
+    lo, hi = domain
+    if certified:
+        if not (np.isfinite(threshold) and lo <= threshold <= hi):
+            raise StateError(f"Expected state field 'threshold' of {who} in [{lo:.6g}, {hi:.6g}] (the range of its "
+                             f"confidence score) for a certified guarantee, got {threshold!r}.")
+        if n_answered < 1 or n_tested < 1:
+            raise err("n_answered", "and n_tested >= 1 for a certified guarantee (a tested threshold answers at least "
+                      "the item it came from)", f"n_answered={n_answered}, n_tested={n_tested}")
+        if message:
+            raise err("message", "empty for a certified guarantee", repr(message))
+    else:
+        want = math.inf if target_risk is not None else -math.inf
+        if threshold != want:
+            raise StateError(f"Expected state field 'threshold' of {who} {want} when the guarantee is not certified "
+                             f"({'escalate' if want > 0 else 'answer'} every item), got {threshold!r}.")
+        if (n_answered == 0) != (want > 0) or (want < 0 and coverage != 1.0):
+            raise err("n_answered", "0 when nothing is certified for a risk target, every item (cal_coverage 1) for a "
+                      "budget alone", f"n_answered={n_answered}, cal_coverage={coverage}")
+        if not message:
+            raise err("message", "to say why nothing was certified", "an empty message")
+    return Guarantee(certified=certified, threshold=float(threshold), target_risk=target_risk, delta=delta,
+                     max_escalation=max_escalation, risk_upper_bound=ub, cal_selective_risk=risk,
+                     cal_coverage=coverage, n_answered=n_answered, n_tested=n_tested, method=method, message=message)

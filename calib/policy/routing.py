@@ -20,11 +20,12 @@ import numbers
 
 import numpy as np
 
-from calib._validation import check_choice, check_fraction, check_labels, check_probs, check_probs_labels
-from calib.base import Component, NotFittedError  # noqa: F401  (NotFittedError: re-export)
+from calib._validation import (as_array, check_choice, check_fraction, check_labels, check_positive_int, check_probs,
+                               check_probs_labels)
+from calib.base import Component, NotFittedError, StateError, state_array, state_scalar  # noqa: F401  (re-export)
 from calib.policy.costs import as_cost_model
-from calib.policy.guarantees import Guarantee, ltt_threshold
-from calib.selective import CONFIDENCES, confidence_scores
+from calib.policy.guarantees import guarantee_from_state, ltt_threshold
+from calib.selective import CONFIDENCES, confidence_domain, confidence_scores
 
 __all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
            "RiskControlPolicy", "ConformalRoutingPolicy", "CostPolicy"]
@@ -110,6 +111,8 @@ class RoutingPolicy(Component):
     # --- helpers ------------------------------------------------------------------------------------
     def _fallback_labels(self, n, fallback):
         mode = self.fallback
+        if fallback is not None:  # validated even where the mode does not use it: a wrong array is never silent
+            fallback = check_labels(fallback, "fallback", n_samples=n, n_classes=self.n_classes_)
         if isinstance(mode, int):
             return np.full(n, mode, dtype=np.int64)
         if mode == "none":
@@ -123,7 +126,7 @@ class RoutingPolicy(Component):
                     "set fallback to 'none', 'majority' or a class index, or add 'fallback' to the data file."
                 )
             return None
-        return check_labels(fallback, "fallback", n_samples=n, n_classes=self.n_classes_)
+        return fallback
 
     def _check_sets(self, sets, shape):
         if sets is None:
@@ -133,7 +136,7 @@ class RoutingPolicy(Component):
                     "configured (conformal=none); choose conformal=lac/aps or another policy."
                 )
             return None
-        s = np.asarray(sets)
+        s = as_array(sets, "sets")
         if s.shape != shape or s.dtype != bool:
             raise ValueError(f"Expected sets as a boolean array of shape {shape}, got dtype {s.dtype}, shape {s.shape}.")
         return s
@@ -145,7 +148,11 @@ class RoutingPolicy(Component):
         return {"majority_class": self.majority_class_}, {}
 
     def _set_state(self, state, arrays):
-        self.majority_class_ = int(state.pop("majority_class"))
+        k = self.n_classes_
+        if isinstance(self.fallback, int) and self.fallback >= k:
+            raise StateError(f"Expected the fallback class index of {type(self).__name__} in [0, {k - 1}] for "
+                             f"n_classes={k}, got {self.fallback}.")
+        self.majority_class_ = state_scalar(state, "majority_class", int, minimum=0, maximum=k - 1, owner=type(self))
 
     @classmethod
     def _upgrade_params(cls, params):
@@ -181,7 +188,13 @@ class _ScoreThresholdPolicy(RoutingPolicy):
 
     def _set_state(self, state, arrays):
         super()._set_state(state, arrays)
-        self.threshold_ = float(np.asarray(arrays["threshold"]).reshape(-1)[0])
+        t = state_array(arrays, "threshold", shape=(1,), kind="f", finite=self._threshold_finite, owner=type(self))
+        self.threshold_ = float(t[0])
+
+    _threshold_finite = True
+
+    def _confidence_domain(self):
+        return confidence_domain(self.confidence, self.n_classes_)
 
 
 class ThresholdPolicy(_ScoreThresholdPolicy):
@@ -219,6 +232,19 @@ class ThresholdPolicy(_ScoreThresholdPolicy):
             s = np.sort(confidence_scores(p, self.confidence))[::-1]
             self.threshold_ = float(s[max(1, math.ceil(self.target_coverage * s.size)) - 1])
 
+    def _set_state(self, state, arrays):
+        super()._set_state(state, arrays)
+        who, t = type(self).__name__, self.threshold_
+        if self.threshold is not None:
+            if t != self.threshold:
+                raise StateError(f"Expected state field 'threshold' of {who} equal to the parameter threshold="
+                                 f"{self.threshold!r} (a fixed threshold), got {t!r}.")
+            return
+        lo, hi = self._confidence_domain()
+        if not lo <= t <= hi:  # the confidence of a calibration item
+            raise StateError(f"Expected state field 'threshold' of {who} in [{lo:.6g}, {hi:.6g}] (the range of "
+                             f"confidence {self.confidence!r} with {self.n_classes_} classes), got {t!r}.")
+
 
 class RiskControlPolicy(_ScoreThresholdPolicy):
     """Threshold chosen by Learn then Test so that P(selective risk > target_risk) <= delta, optionally with
@@ -239,8 +265,6 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
         if self.target_risk is None and self.max_escalation is None:
             raise ValueError("Expected target_risk or max_escalation (or both), got neither.")
         if grid_size is not None:
-            from calib._validation import check_positive_int
-
             grid_size = check_positive_int(grid_size, "grid_size", minimum=2)
         self.grid_size = grid_size
 
@@ -261,9 +285,16 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
         g.pop("threshold")
         return {**scalars, "guarantee": g}, arrays
 
+    _threshold_finite = "allow_inf"  # +inf: nothing certified for a risk target; -inf: a budget alone
+
     def _set_state(self, state, arrays):
         super()._set_state(state, arrays)
-        self.guarantee_ = Guarantee(threshold=self.threshold_, **state.pop("guarantee"))
+        if "guarantee" not in state:
+            raise StateError(f"Expected state field 'guarantee' of {type(self).__name__} to be present, got a state "
+                             "without it.")
+        self.guarantee_ = guarantee_from_state(
+            state.pop("guarantee"), self.threshold_, target_risk=self.target_risk, delta=self.delta,
+            max_escalation=self.max_escalation, domain=self._confidence_domain(), owner=type(self))
 
 
 class ConformalRoutingPolicy(RoutingPolicy):
