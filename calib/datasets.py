@@ -9,11 +9,13 @@ text: ``calib/data/README.md``.
 
 from __future__ import annotations
 
+import math
+import numbers
 from importlib import resources
 
 import numpy as np
 
-from calib._validation import check_positive_int
+from calib._validation import check_fraction, check_positive_int
 from calib.io import LogitsData, load_logits
 
 __all__ = ["BUILTIN", "load", "synthetic", "builtin_path"]
@@ -24,6 +26,8 @@ BUILTIN = {"c10lt_resnet110": "c10lt_resnet110.npz"}
 
 def builtin_path(name):
     """Path of an embedded dataset file."""
+    if not isinstance(name, str):
+        raise TypeError(f"Expected a builtin dataset name as a str, got {type(name).__name__} {name!r}.")
     if name not in BUILTIN:
         raise ValueError(f"Unknown builtin dataset {name!r}; valid options: {sorted(BUILTIN)}.")
     return resources.files("calib") / "data" / BUILTIN[name]
@@ -53,11 +57,21 @@ def synthetic(*, n=20000, n_classes=10, temperature=2.0, scale=2.0, cal_fraction
     """
     n = check_positive_int(n, "n", minimum=2)
     k = check_positive_int(n_classes, "n_classes", minimum=2)
-    if not (temperature > 0 and scale > 0):
-        raise ValueError(f"Expected temperature > 0 and scale > 0, got {temperature!r} and {scale!r}.")
+    for name, value in (("temperature", temperature), ("scale", scale)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"Expected {name} as a real number > 0, got {type(value).__name__} {value!r}.")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"Expected {name} > 0 (finite), got {value!r}.")
+    cal_fraction = check_fraction(cal_fraction, "cal_fraction")
+    n_cal = round(cal_fraction * n)
+    if not 0 < n_cal < n:
+        raise ValueError(
+            f"Expected cal_fraction * n to leave rows in both parts, got {n_cal} of {n} rows in calibration "
+            f"(cal_fraction={cal_fraction!r}, n={n})."
+        )
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, scale, size=(n, k))
     # Gumbel-max draws y ~ softmax(z) exactly.
     labels = np.argmax(z + rng.gumbel(size=(n, k)), axis=1)
-    split = (np.arange(n) >= round(cal_fraction * n)).astype(np.int8)
+    split = (np.arange(n) >= n_cal).astype(np.int8)
     return LogitsData(logits=(temperature * z).astype(np.float32), labels=labels, split=split)

@@ -1,34 +1,111 @@
 """Reading held-out logits: the data contract of calib.
 
 A logits file holds ``logits`` (n, k), ``labels`` (n,) and optionally ``split`` (n,; 0 = calibration,
-1 = test), ``groups`` (n,) and ``class_names`` (k,). Supported formats:
+1 = test), ``groups`` (n,), ``fallback`` (n,; the fallback's class label per row, used by routing
+policies) and ``class_names`` (k,). Supported formats:
 
 * ``.npz`` with those keys (read with ``allow_pickle=False``);
 * ``.npy`` holding the logits, with the labels in a second ``.npy`` (``labels_path``; by default a file
   named ``labels.npy`` next to it);
 * ``.pt`` / ``.pth``: a dict of tensors, read with ``torch.load(..., weights_only=True)``;
-* ``.csv``: a header row, a ``label`` column and k logit columns (other columns named ``split`` or
-  ``group`` are used as such).
+* ``.csv``: a header row, a ``label`` column and k logit columns (other columns named ``split``,
+  ``group`` or ``fallback`` are used as such); blank lines are ignored.
 
-Nothing is ever unpickled: an ``.npz`` with object arrays is refused.
+Nothing is ever unpickled: an ``.npz`` with object arrays is refused. Nothing is dropped silently either:
+
+* a truncated, empty or non-zip ``.npz`` (or a non-``.npy`` ``.npy``) is refused naming the file;
+* a key that looks like a misspelt known key (``label``, ``splits``, ``group``, ``Labels``, ...) is refused,
+  since reading on without it would give a different answer (a random split instead of the file's own, no
+  groups, ...); so is a CSV column named like that (it would otherwise be read as a class's logits);
+* ``fallback`` must hold one class label per row; ``groups`` one id per row, without NaN or empty ids;
+* ``split`` values must be 0 or 1 (``0.0`` / ``1.0`` are accepted);
+* any other key is kept in :attr:`LogitsData.extras` when it has one entry per row, and otherwise ignored
+  with a warning in the log that names it.
+
+Every refusal is a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` whose message names the file.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import logging
+import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from calib._validation import check_fraction, check_labels, check_logits
+from calib._validation import as_array, check_fraction, check_labels, check_logits
 
-__all__ = ["LogitsData", "load_logits", "stratified_split", "SUPPORTED_EXTENSIONS"]
+__all__ = ["LogitsData", "load_logits", "stratified_split", "SUPPORTED_EXTENSIONS", "PER_ROW_KEYS"]
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_EXTENSIONS = (".npz", ".npy", ".pt", ".pth", ".csv")
+
+#: Extra keys with a meaning: they must hold one entry per row (``fallback``: class labels).
+PER_ROW_KEYS = ("fallback",)
+
+_KNOWN = ("logits", "labels", "split", "groups", "class_names")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members / an empty zip
+
+
+def _num(value):
+    """A label value as the user wrote it: an int when it is one (and fits), else the float's repr."""
+    v = value.item() if isinstance(value, np.generic) else value
+    if isinstance(v, float):
+        return int(v) if v.is_integer() and abs(v) < 2**53 else v
+    return v
+
+
+def _check_label_range(values, name, n, k):
+    """Out-of-range labels reported with their actual value.
+
+    ``check_labels`` casts to int64 before the range check, so a float label such as 1e20 (or a uint64
+    above 2**63) would be reported as a wrapped, wrong number; this check runs first on the original values.
+    Shapes, NaN and fractional values are left to ``check_labels``.
+    """
+    a = as_array(values, name)
+    if a.ndim == 2 and a.shape[1:] == (1,):
+        a = a[:, 0]
+    if a.shape != (n,) or a.size == 0 or a.dtype.kind not in "fu":
+        return
+    if a.dtype.kind == "f" and (not np.isfinite(a).all() or (a != np.round(a)).any()):
+        return
+    hi, lo = a.max(), a.min()
+    if hi > k - 1:
+        raise ValueError(f"Expected {name} in [0, {k - 1}] for {k} classes, got maximum {_num(hi)!r}.")
+    if lo < 0:
+        raise ValueError(f"Expected {name} >= 0, got minimum {_num(lo)!r}.")
+
+
+def _check_groups(groups, n):
+    groups = as_array(groups, "groups")
+    if groups.shape != (n,):
+        raise ValueError(f"Expected groups of shape ({n},) (one id per row), got shape {groups.shape}.")
+    if groups.dtype == object:
+        raise TypeError("Expected groups as integers or strings, got an object array.")
+    if groups.dtype.kind not in "biufUS":
+        raise TypeError(f"Expected groups as integers or strings, got dtype {groups.dtype}.")
+    if groups.dtype.kind == "f":
+        bad = ~np.isfinite(groups)
+        if bad.any():
+            raise ValueError(
+                f"Expected a group id on every row, got {int(bad.sum())} NaN/inf group ids "
+                f"(first rows: {np.flatnonzero(bad)[:5].tolist()})."
+            )
+    if groups.dtype.kind in "US":
+        bad = np.char.str_len(np.char.strip(groups)) == 0
+        if bad.any():
+            raise ValueError(
+                f"Expected a group id on every row, got {int(bad.sum())} empty group ids "
+                f"(first rows: {np.flatnonzero(bad)[:5].tolist()})."
+            )
+    return groups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +117,13 @@ class LogitsData:
     logits : ndarray of shape (n_samples, n_classes), float32 or float64
     labels : ndarray of shape (n_samples,), int64
     split : ndarray of shape (n_samples,), int8, or None
-        0 = calibration, 1 = test.
+        0 = calibration, 1 = test (integral floats 0.0 / 1.0 are accepted).
     groups : ndarray of shape (n_samples,) or None
-        Slice/group ids (any integer or string values).
+        Slice/group ids (any integer or string values; NaN and empty ids are refused).
     class_names : tuple of str or None
     extras : dict of str to ndarray
-        Any other per-row arrays found in the file (for example ``fallback``).
+        Any other per-row arrays found in the file; ``fallback`` (the fallback's class label per row) is
+        checked as labels and stored as int64.
     """
 
     logits: np.ndarray
@@ -58,33 +136,46 @@ class LogitsData:
     def __post_init__(self):
         logits = check_logits(self.logits, "logits")
         n, k = logits.shape
+        _check_label_range(self.labels, "labels", n, k)
         labels = check_labels(self.labels, "labels", n_samples=n, n_classes=k)
         object.__setattr__(self, "logits", logits)
         object.__setattr__(self, "labels", labels)
         if self.split is not None:
-            split = np.asarray(self.split)
+            split = as_array(self.split, "split")
             if split.shape != (n,):
-                raise ValueError(f"Expected split of shape ({n},), got {split.shape}.")
-            if split.size and not np.isin(split, (0, 1)).all():
+                raise ValueError(f"Expected split of shape ({n},) (one value per row), got shape {split.shape}.")
+            if split.dtype.kind not in "biuf":
+                raise TypeError(f"Expected split values 0 (calibration) or 1 (test) as numbers, got dtype {split.dtype}.")
+            bad = ~np.isin(split, (0, 1))
+            if bad.any():
                 raise ValueError(
-                    f"Expected split values 0 (calibration) or 1 (test), got values {np.unique(split)[:10].tolist()}."
+                    f"Expected split values 0 (calibration) or 1 (test), got {int(bad.sum())} other values "
+                    f"(e.g. {[_num(v) for v in np.unique(split[bad])[:10]]}; first rows: {np.flatnonzero(bad)[:5].tolist()})."
                 )
             object.__setattr__(self, "split", split.astype(np.int8, copy=False))
         if self.groups is not None:
-            groups = np.asarray(self.groups)
-            if groups.shape != (n,):
-                raise ValueError(f"Expected groups of shape ({n},), got {groups.shape}.")
-            if groups.dtype == object:
-                raise TypeError("Expected groups as integers or strings, got an object array.")
-            object.__setattr__(self, "groups", groups)
+            object.__setattr__(self, "groups", _check_groups(self.groups, n))
         if self.class_names is not None:
-            names = tuple(str(c) for c in self.class_names)
+            if isinstance(self.class_names, str):
+                raise TypeError(f"Expected class_names as a sequence of {k} names, got the string {self.class_names!r}.")
+            raw = np.asarray(self.class_names)
+            if raw.ndim != 1:
+                raise ValueError(f"Expected class_names as a 1-D list of {k} names, got shape {raw.shape}.")
+            names = tuple(str(c) for c in raw.tolist())
             if len(names) != k:
                 raise ValueError(f"Expected {k} class_names (one per logit column), got {len(names)}.")
             object.__setattr__(self, "class_names", names)
+        if not isinstance(self.extras, dict):
+            raise TypeError(f"Expected extras as a dict of per-row arrays, got {type(self.extras).__name__}.")
+        extras = {}
         for key, arr in self.extras.items():
-            if np.shape(arr)[:1] != (n,):
-                raise ValueError(f"Expected extra array {key!r} with {n} rows, got shape {np.shape(arr)}.")
+            if key in PER_ROW_KEYS:
+                _check_label_range(arr, key, n, k)
+                arr = check_labels(arr, key, n_samples=n, n_classes=k)
+            elif np.shape(arr)[:1] != (n,):
+                raise ValueError(f"Expected extra array {key!r} with {n} rows (one per row), got shape {np.shape(arr)}.")
+            extras[key] = arr
+        object.__setattr__(self, "extras", extras)
 
     @property
     def n_samples(self) -> int:
@@ -151,6 +242,13 @@ def stratified_split(labels, *, cal_fraction=0.5, seed=0):
     return mask
 
 
+def _check_file(path, what):
+    if path.is_dir():
+        raise FileNotFoundError(f"Expected {what} at {str(path)!r}, got a directory.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected {what} at {str(path)!r}, got no such file.")
+
+
 def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
     """Read a logits file (see the module docstring for formats) into a :class:`LogitsData`.
 
@@ -159,11 +257,26 @@ def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
     path : str or Path
         ``.npz``, ``.npy``, ``.pt``/``.pth`` or ``.csv``.
     mmap : bool, default False
-        Memory-map ``.npy`` logits instead of reading them (``.npz`` members are read: numpy cannot map
-        compressed members).
+        Memory-map ``.npy`` logits instead of reading them (other formats are read whole; a log line
+        says so).
     labels_path : str or Path, optional
-        Labels ``.npy`` for a ``.npy`` logits file (default: ``labels.npy`` beside it).
+        Labels ``.npy`` for a ``.npy`` logits file (default: ``labels.npy`` beside it); refused for
+        other formats, which hold their labels.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` (or the labels file) does not exist or is a directory.
+    ValueError, TypeError
+        An unsupported extension, an unreadable (truncated, empty, wrong-format) file, missing or
+        misspelt keys, or contents that break the data contract; the message names the file.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Expected path as a str or os.PathLike, got {type(path).__name__} {path!r}.")
+    if not isinstance(mmap, (bool, np.bool_)):
+        raise TypeError(f"Expected mmap as a bool, got {type(mmap).__name__} {mmap!r}.")
+    if labels_path is not None and not isinstance(labels_path, (str, os.PathLike)):
+        raise TypeError(f"Expected labels_path as a str or os.PathLike, got {type(labels_path).__name__} {labels_path!r}.")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
@@ -171,8 +284,14 @@ def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
             f"Unsupported logits file extension {path.suffix!r} for {str(path)!r}; "
             f"valid options: {list(SUPPORTED_EXTENSIONS)}."
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"Logits file not found: {str(path)!r}.")
+    _check_file(path, "a logits file")
+    if labels_path is not None and suffix != ".npy":
+        raise ValueError(
+            f"Expected labels_path only with .npy logits, got labels_path={str(labels_path)!r} for {str(path)!r} "
+            f"({suffix} files hold their own labels)."
+        )
+    if mmap and suffix != ".npy":
+        log.info("mmap=True applies to .npy logits only; reading %s whole.", path)
     if suffix == ".npz":
         arrays = _read_npz(path)
     elif suffix == ".npy":
@@ -184,51 +303,153 @@ def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
     return _from_arrays(arrays, source=str(path))
 
 
-_KNOWN = ("logits", "labels", "split", "groups", "class_names")
+def _near_known(key, candidates, *, fuzzy=True):
+    """The known key that ``key`` looks like a misspelling of (another case, a plural s; with ``fuzzy``, a
+    close spelling), or None."""
+    low = key.lower()
+    for cand in candidates:
+        if low == cand or low.rstrip("s") == cand.rstrip("s"):
+            return cand
+    if not fuzzy:
+        return None
+    match = difflib.get_close_matches(low, candidates, n=1, cutoff=0.8)
+    return match[0] if match else None
 
 
 def _from_arrays(arrays, *, source):
+    known = _KNOWN + PER_ROW_KEYS
+    for key in arrays:
+        if key in known:
+            continue
+        near = _near_known(key, known)
+        if near is not None:
+            raise ValueError(
+                f"Expected the key {near!r} in {source!r}, got {key!r} (did you mean {near!r}?); rename it: "
+                f"calib reads only {list(known)} and would otherwise ignore it."
+            )
     for key in ("logits", "labels"):
         if key not in arrays:
             raise ValueError(
                 f"Expected a {key!r} array in {source!r}, got keys {sorted(arrays)}."
             )
+    n = np.shape(arrays["logits"])[0] if np.ndim(arrays["logits"]) >= 1 else None
+    extras = {}
+    for key, a in arrays.items():
+        if key in _KNOWN:
+            continue
+        shape = np.shape(a)
+        if key in PER_ROW_KEYS:
+            if n is not None and shape != (n,):
+                raise ValueError(
+                    f"Expected {key!r} in {source!r} of length {n} (one class label per row of logits), "
+                    f"got shape {shape}."
+                )
+            extras[key] = np.asarray(a)
+        elif n is not None and len(shape) >= 1 and shape[0] == n:
+            extras[key] = np.asarray(a)
+        else:
+            log.warning("Ignoring %r in %s: shape %s is not one entry per row (%s rows); calib does not use it.",
+                        key, source, shape, n)
     names = arrays.get("class_names")
-    n = np.shape(arrays["logits"])[0]
-    extras = {key: np.asarray(a) for key, a in arrays.items() if key not in _KNOWN and np.ndim(a) >= 1
-              and np.shape(a)[0] == n}
-    return LogitsData(
-        logits=arrays["logits"],
-        labels=arrays["labels"],
-        split=arrays.get("split"),
-        groups=arrays.get("groups"),
-        class_names=None if names is None else tuple(np.asarray(names).tolist()),
-        extras=extras,
-    )
+    try:
+        return LogitsData(
+            logits=arrays["logits"],
+            labels=arrays["labels"],
+            split=arrays.get("split"),
+            groups=arrays.get("groups"),
+            class_names=None if names is None else np.asarray(names),
+            extras=extras,
+        )
+    except TypeError as err:
+        raise TypeError(f"In {source!r}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"In {source!r}: {err}") from err
+
+
+def _head(path, n=8):
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def _corrupt(what, path, err):
+    return ValueError(f"Expected {what} {str(path)!r}, got a truncated or corrupt file ({type(err).__name__}: {err}).")
+
+
+def _is_pickle_refusal(err):
+    text = str(err)
+    return isinstance(err, ValueError) and ("allow_pickle" in text or "Object arrays" in text or "pickled" in text)
 
 
 def _read_npz(path):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
-    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+    head = _head(path)
+    if not head:
+        raise ValueError(f"Expected an .npz archive at {str(path)!r}, got an empty file (0 bytes).")
+    if head.startswith(_NPY_MAGIC):
         raise ValueError(
-            f"Refusing to read {str(path)!r}: it holds object (pickled) arrays, which calib never unpickles. "
-            "Store plain numeric/string arrays."
-        ) from err
+            f"Expected an .npz archive (a zip of .npy arrays) at {str(path)!r}, got a single .npy array; "
+            "name it .npy (with labels.npy beside it) or save it with np.savez(logits=..., labels=...)."
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        raise ValueError(
+            f"Expected an .npz archive (a zip of .npy arrays) at {str(path)!r}, got a file that is not a zip "
+            f"archive (it starts with {head!r})."
+        )
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise _corrupt("a complete .npz archive at", path, err) from err
+    out = {}
+    with npz as f:
+        for key in f.files:
+            try:
+                value = f[key]
+            except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+                if _is_pickle_refusal(err):
+                    raise ValueError(
+                        f"Refusing to read {str(path)!r}: its member {key!r} is an object (pickled) array, which "
+                        "calib never unpickles. Store plain numeric/string arrays."
+                    ) from err
+                raise _corrupt(f"a readable member {key!r} in", path, err) from err
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                raise _corrupt(f"a readable member {key!r} in", path, err) from err
+            if not isinstance(value, np.ndarray):
+                raise ValueError(
+                    f"Expected only .npy arrays in the .npz {str(path)!r}, got member {key!r} that is not one "
+                    f"({len(value)} bytes without the .npy header)."
+                )
+            out[key] = value
+    return out
+
+
+def _load_npy(path, *, mmap, what):
+    head = _head(path)
+    if not head.startswith(_NPY_MAGIC):
+        raise ValueError(
+            f"Expected a .npy array (written by np.save) at {str(path)!r} ({what}), got "
+            + ("an empty file (0 bytes)." if not head else f"a file without the .npy header (it starts with {head!r}).")
+        )
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as err:
+        if _is_pickle_refusal(err):
+            raise ValueError(
+                f"Refusing to read {str(path)!r} ({what}): it is an object (pickled) array, which calib never unpickles."
+            ) from err
+        raise _corrupt("a complete .npy array at", path, err) from err
+    except (EOFError, OSError) as err:
+        raise _corrupt("a complete .npy array at", path, err) from err
 
 
 def _read_npy(path, *, labels_path, mmap):
+    logits = _load_npy(path, mmap=mmap, what="logits")
     labels_path = Path(labels_path) if labels_path is not None else path.with_name("labels.npy")
+    if labels_path.is_dir():
+        raise FileNotFoundError(f"Expected labels for {str(path)!r} in the file {str(labels_path)!r}, got a directory.")
     if not labels_path.is_file():
         raise FileNotFoundError(
             f"Expected labels for {str(path)!r} in {str(labels_path)!r} (pass labels_path=...), file not found."
         )
-    try:
-        logits = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        labels = np.load(labels_path, allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"Refusing to read pickled arrays from {str(path)!r} or {str(labels_path)!r}.") from err
+    labels = _load_npy(labels_path, mmap=False, what="labels")
     return {"logits": logits, "labels": labels}
 
 
@@ -239,46 +460,124 @@ def _read_torch(path):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError for anything beyond tensors and containers
         raise ValueError(
-            f"Could not read {str(path)!r} as a dict of tensors with weights_only=True: {err}"
+            f"Expected {str(path)!r} to be a torch.save file of a dict of tensors (read with weights_only=True, "
+            f"nothing is unpickled), got an unreadable file: {type(err).__name__}: {err}"
         ) from err
     if not isinstance(obj, dict):
         raise ValueError(f"Expected {str(path)!r} to hold a dict of tensors, got {type(obj).__name__}.")
     out = {}
     for key, value in obj.items():
+        if not isinstance(key, str):
+            raise TypeError(f"Expected string keys in the dict of {str(path)!r}, got {type(key).__name__} {key!r}.")
         if isinstance(value, torch.Tensor):
-            out[key] = value.detach().cpu().numpy()
+            out[key] = as_array(value, key)  # bfloat16 upcast to float32 (numpy has none)
         elif isinstance(value, (list, tuple)) and key == "class_names":
             out[key] = np.asarray([str(v) for v in value])
         else:
-            out[key] = np.asarray(value)
+            arr = np.asarray(value)
+            if arr.dtype == object:
+                raise TypeError(
+                    f"Expected {key!r} in {str(path)!r} as a tensor, a number or a list of numbers/strings, "
+                    f"got {type(value).__name__}."
+                )
+            out[key] = arr
     return out
 
 
-def _read_csv(path):
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"Expected a header row in {str(path)!r}, got an empty file.")
-        rows = list(reader)
-    header = [h.strip() for h in header]
-    if "label" not in header:
-        raise ValueError(f"Expected a 'label' column in {str(path)!r}, got columns {header}.")
-    special = {"label": "labels", "split": "split", "group": "groups"}
-    logit_cols = [i for i, h in enumerate(header) if h not in special]
-    if len(logit_cols) < 2:
-        raise ValueError(f"Expected at least 2 logit columns in {str(path)!r}, got {len(logit_cols)}.")
-    table = np.array(rows, dtype=object) if rows else np.empty((0, len(header)), dtype=object)
-    if table.ndim != 2 or table.shape[1] != len(header):
-        raise ValueError(f"Expected {len(header)} fields in every row of {str(path)!r}.")
+# --- CSV -----------------------------------------------------------------------------------------------
+
+_CSV_SPECIAL = {"label": "labels", "split": "split", "group": "groups", "fallback": "fallback"}
+
+
+def _csv_numbers(values, column, lines, path):
+    """float64 values of one CSV column; a bad cell is reported with its line."""
     try:
-        logits = table[:, logit_cols].astype(np.float64).astype(np.float32)
-        labels = table[:, header.index("label")].astype(np.float64)
-    except ValueError as err:
-        raise ValueError(f"Expected numeric logits and labels in {str(path)!r}: {err}") from err
-    out = {"logits": logits, "labels": labels, "class_names": np.array([header[i] for i in logit_cols])}
+        return np.array(values, dtype=np.float64)
+    except ValueError:
+        for value, line in zip(values, lines):
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(
+                    f"Expected a number in column {column!r} of {str(path)!r}, got {value!r} on line {line}."
+                ) from None
+        raise
+
+
+def _read_csv(path):
+    src = str(path)
+    header, rows, lines = None, [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM would rename the first column
+            reader = csv.reader(fh)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue  # blank lines (a trailing newline, spacing) are not rows
+                if header is None:
+                    header = [h.strip() for h in row]
+                    continue
+                rows.append(row)
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"Expected a UTF-8 text CSV at {src!r}, got bytes that are not text ({err}).") from err
+    except csv.Error as err:
+        raise ValueError(f"Expected a well-formed CSV at {src!r}, got: {err}.") from err
+    if header is None:
+        raise ValueError(f"Expected a header row in {src!r}, got an empty file.")
+    for i, name in enumerate(header):
+        if not name:
+            raise ValueError(f"Expected a name for every column of {src!r}, got an empty name for column {i + 1} "
+                             f"(header: {header}).")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise ValueError(f"Expected unique column names in {src!r}, got duplicates {dupes}.")
+    for name in header:
+        if name in _CSV_SPECIAL:
+            continue
+        near = _near_known(name, tuple(_CSV_SPECIAL), fuzzy=False)  # class names are free words
+        if near is not None:
+            raise ValueError(
+                f"Expected the column {near!r} in {src!r}, got {name!r} (did you mean {near!r}?); rename it: "
+                f"columns other than {list(_CSV_SPECIAL)} are read as logits."
+            )
+    if "label" not in header:
+        raise ValueError(f"Expected a 'label' column in {src!r}, got columns {header}.")
+    logit_cols = [i for i, h in enumerate(header) if h not in _CSV_SPECIAL]
+    if len(logit_cols) < 2:
+        raise ValueError(f"Expected at least 2 logit columns in {src!r}, got {len(logit_cols)}.")
+    for row, line in zip(rows, lines):
+        if len(row) != len(header):
+            raise ValueError(
+                f"Expected {len(header)} fields on every row of {src!r} (as in the header), got {len(row)} on line {line}."
+            )
+    if not rows:
+        raise ValueError(f"Expected at least one data row in {src!r}, got only the header.")
+    columns = list(zip(*rows))
+    logits = np.stack([_csv_numbers(columns[i], header[i], lines, path) for i in logit_cols], axis=1)
+    out = {
+        "logits": logits.astype(np.float32),
+        "labels": _csv_numbers(columns[header.index("label")], "label", lines, path),
+        "class_names": np.array([header[i] for i in logit_cols]),
+    }
     if "split" in header:
-        out["split"] = table[:, header.index("split")].astype(np.int64)
+        raw = columns[header.index("split")]
+        split = _csv_numbers(raw, "split", lines, path)
+        bad = np.flatnonzero(~np.isin(split, (0, 1)))
+        if bad.size:
+            raise ValueError(
+                f"Expected 0 (calibration) or 1 (test) in column 'split' of {src!r}, got {raw[bad[0]]!r} on line "
+                f"{lines[bad[0]]} ({bad.size} such rows)."
+            )
+        out["split"] = split.astype(np.int8)
     if "group" in header:
-        out["groups"] = table[:, header.index("group")].astype(str)
+        groups = np.array([g.strip() for g in columns[header.index("group")]])
+        missing = np.flatnonzero((np.char.str_len(groups) == 0) | (np.char.lower(groups) == "nan"))
+        if missing.size:
+            raise ValueError(
+                f"Expected a group id on every row of column 'group' of {src!r}, got a missing value "
+                f"({columns[header.index('group')][missing[0]]!r}) on line {lines[missing[0]]} ({missing.size} such rows)."
+            )
+        out["groups"] = groups
+    if "fallback" in header:
+        out["fallback"] = _csv_numbers(columns[header.index("fallback")], "fallback", lines, path)
     return out

@@ -2,6 +2,7 @@
 
     python experiments/aggregate.py multirun/kull2019/2026-01-01_12-00-00
     python experiments/aggregate.py SWEEP_DIR --out reports/ --published     # force the published comparison
+    python experiments/aggregate.py SWEEP_DIR --strict                       # exit 1 if any job failed
 
 Reads each run's ``metrics.json`` and ``.hydra/overrides.yaml`` (plus ``.hydra/hydra.yaml`` for the group
 choices and ``.hydra/config.yaml`` for the seed) and writes, into SWEEP_DIR unless ``--out`` is given:
@@ -14,6 +15,12 @@ choices and ``.hydra/config.yaml`` for the seed) and writes, into SWEEP_DIR unle
 * ``summary.png``: calibrated ECE and NLL per configuration (error bars: std over seeds), uncalibrated marked.
 * ``published.md`` (with ``--published``, or automatically for ``experiment=kull2019``): our numbers beside
   the published ones in ``conf/published/kull2019.yaml``, with deltas.
+
+Failed or incomplete jobs (a job folder with ``.hydra/`` but no ``metrics.json``, or whose ``metrics.json`` and
+``artifact/`` carry different ``run_id``s) are listed with their overrides and the last ERROR line of their
+``calibrate.log``, on stdout, on stderr (a count) and at the end of ``summary.md``. Exit status: 0, or 1 with
+``--strict`` when any job failed; 2 when nothing can be aggregated (a missing folder, no complete run, a bad
+option).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ def main(argv=None):
                         help=f"compare with published numbers (default file: {DEFAULT_PUBLISHED.relative_to(REPO)}); "
                              "automatic for experiment=kull2019")
     parser.add_argument("--no-figure", action="store_true", help="skip summary.png")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when any job of the sweep failed or is incomplete")
     parser.add_argument("--pivot", metavar="ROW,COL", default=None,
                         help="also write pivot.md: calibrated test NLL / ECE / classwise-ECE / Brier, a row per ROW "
                              "override value and columns per COL value (e.g. --pivot calibrator,data)")
@@ -52,7 +61,7 @@ def main(argv=None):
         result = aggregate(args.sweep_dir, args.out, published=args.published, figure=not args.no_figure,
                            published_presets=PUBLISHED_PRESETS,
                            pivot=None if args.pivot is None else tuple(args.pivot.split(",", 1)))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"aggregate.py: {err}", file=sys.stderr)
         return 2
     print(result["summary"])
@@ -64,6 +73,14 @@ def main(argv=None):
     log.info("Aggregated %d runs; wrote results.csv, summary.md%s%s to %s", result["n_runs"],
              ", summary.png" if result.get("figure") else "", ", published.md" if "published" in result else "",
              out)
+    if result["n_failed"]:
+        print(f"aggregate.py: {result['n_failed']} of {result['n_runs'] + result['n_failed']} jobs failed or are "
+              f"incomplete (listed above and in summary.md); the tables hold the other {result['n_runs']}.",
+              file=sys.stderr)
+        for job in result["failed"]:
+            print(f"  FAILED {job['run']}: {job['error'] or job['reason']}", file=sys.stderr)
+        if args.strict:
+            return 1
     return 0
 
 

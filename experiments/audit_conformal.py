@@ -47,6 +47,16 @@ def main(argv=None):
     if args.quick:
         data, n_splits = data[:1], min(n_splits, 100)
     configs = args.configs or list(AUDIT_CONFIGS)
+    unknown = sorted(set(configs) - set(AUDIT_CONFIGS))
+    if unknown:
+        print(f"audit_conformal.py: Unknown --configs {unknown}; valid options: {sorted(AUDIT_CONFIGS)}.", file=sys.stderr)
+        return 2
+    paths = [Path(rel) if Path(rel).is_absolute() else SHARED / rel for rel in data]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"audit_conformal.py: Expected logits files, got missing paths {missing} (relative paths are read "
+              f"from {str(SHARED)!r}).", file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
     rows = []
     header = (f"{'data':28s} {'config':24s} {'alpha':>5s} {'n_cal':>5s} {'n_test':>6s} {'mean cov':>8s} "
@@ -57,7 +67,11 @@ def main(argv=None):
     print("-" * len(header))
     for rel in data:
         path = Path(rel) if Path(rel).is_absolute() else SHARED / rel
-        d = load_logits(path)
+        try:
+            d = load_logits(path)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            print(f"audit_conformal.py: {err}", file=sys.stderr)
+            return 2
         probs = softmax(d.logits.astype(np.float64))
         groups = np.digitize(probs.max(axis=1), [0.9, 0.99])
         for name in configs:
@@ -72,6 +86,9 @@ def main(argv=None):
                 print(f"{r.data:28s} {r.config:24s} {r.alpha:5.2f} {r.n_cal:5d} {r.n_test:6d} {r.mean_coverage:8.4f} "
                       f"{r.expected:8.4f} [{r.band_low:.4f},{r.band_high:.4f}] {r.tolerance:7.4f} {r.ks_pvalue:6.3f} "
                       f"{'yes' if r.ok else 'NO':>3s} {dt / len(out):5.2f}")
+    if not rows:
+        print("audit_conformal.py: Expected audit rows, got none (nothing was audited).", file=sys.stderr)
+        return 2
     n_bad = sum(not r.ok for r in rows)
     print(f"\n{len(rows) - n_bad}/{len(rows)} rows pass; total {time.perf_counter() - t_all:.1f} s")
     return 1 if n_bad else 0

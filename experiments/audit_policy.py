@@ -36,6 +36,13 @@ def main(argv=None):
     from calib import load_logits
     from calib.evaluation.policy_audit import audit_guarantee
 
+    if not args.data:
+        print("audit_policy.py: Expected at least one logits file (--data), got none.", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in args.data if not Path(p).is_file()]
+    if missing:
+        print(f"audit_policy.py: Expected logits files, got missing paths {missing}.", file=sys.stderr)
+        return 2
     files = args.data[:1] if args.quick else args.data
     n_splits = 100 if args.quick else args.n_splits
     header = (f"{'file':<24} {'r':>5} {'delta':>5} {'splits':>6} {'violations':>10} {'rate':>6} {'allowed(99%)':>12} "
@@ -45,7 +52,11 @@ def main(argv=None):
     print(header)
     failed = False
     for path in files:
-        data = load_logits(path)
+        try:
+            data = load_logits(path)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            print(f"audit_policy.py: {err}", file=sys.stderr)
+            return 2
         start = time.perf_counter()
         rows = audit_guarantee(data.logits, data.labels, targets=TARGETS, n_splits=n_splits,
                                cal_fraction=args.cal_fraction, seed=args.seed, calibrator=args.calibrator)

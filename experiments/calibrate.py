@@ -4,8 +4,10 @@
     python experiments/calibrate.py data=npz data.path=my_logits.npz calibrator=temperature hydra.run.dir=out/
     python experiments/calibrate.py -m experiment=kull2019           # a preset sweep (conf/experiment/)
 
-Writes into the run folder: metrics.json (deterministic), timings.json, reliability.png, artifact/,
-and Hydra's resolved config in .hydra/. See docs/experiments.md.
+Writes into the run folder: metrics.json (deterministic but for its run_id), timings.json, reliability.png,
+artifact/, and Hydra's resolved config in .hydra/. A re-run into a used folder first removes the previous run's
+outputs; metrics.json is written last, so a run that fails or is killed leaves none (and its error is the last
+ERROR line of <run folder>/calibrate.log, which experiments/aggregate.py reports). See docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from calib._atomic import write_json_atomic
 from calib._hydra import instantiate
 from calib.config import check_overrides, register_configs, validate_root
-from calib.evaluation.pipeline import fit_and_evaluate
+from calib.evaluation.pipeline import clear_run_folder, fit_and_evaluate
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # files only; before anything imports matplotlib
 log = logging.getLogger("calibrate")
@@ -38,6 +40,9 @@ def _optional(cfg, key):
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     """Run one experiment; return the metrics dict also written to ``out_dir/metrics.json``."""
     start = time.perf_counter()
+    # Hydra has just written this run's .hydra/config.yaml: no output of a previous run may stay beside it,
+    # even when this one fails before writing anything.
+    clear_run_folder(out_dir)
     validate_root(cfg)
     log.info("[1/4] Components: calibrator %s, conformal %s, policy %s", cfg.calibrator.get("_target_"),
              (cfg.conformal or {}).get("_target_"), (cfg.policy or {}).get("_target_"))
@@ -50,7 +55,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     fitted = time.perf_counter()
     log.info("[3/4] Fitted and evaluated in %.2f s", fitted - start)
     result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
-    write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start,
+    write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start, "run_id": result.metrics["run_id"],
                                                  "total_s": time.perf_counter() - start})
     log.info("[4/4] Wrote metrics.json, timings.json, plots and artifact/")
     return result.metrics
@@ -59,7 +64,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(cfg, out_dir)
+    try:
+        metrics = run(cfg, out_dir)
+    except Exception as err:
+        # One ERROR line into the job's calibrate.log (and the console) naming the root cause, not Hydra's
+        # InstantiationException wrapper: aggregate.py reports this line for a failed job of a sweep. Hydra
+        # prints the error itself (the traceback with HYDRA_FULL_ERROR=1).
+        root = err
+        while root.__cause__ is not None:
+            root = root.__cause__
+        log.error("Run failed: %s: %s", type(root).__name__, " ".join(str(root).split()))
+        raise
     log.info("Wrote %s", out_dir)
     return metrics["calibrated"]["nll"]
 

@@ -47,16 +47,25 @@ def compare(cfg: DictConfig) -> dict:
                           n_resamples=cfg.n_resamples, seed=cfg.seed)
 
 
+OUTPUTS = ("compare.json", "compare.md", "compare.png")
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from calib.evaluation.compare import markdown_table
     from calib.plotting import save_figure
     from calib.plotting.routing import plot_comparison
 
-    result = compare(cfg)
+    # A re-run into a used folder: no output of the previous run may stay beside this run's .hydra/ config,
+    # even if this one fails.
+    for stale in OUTPUTS:
+        (out_dir / stale).unlink(missing_ok=True)
     names = [cfg.table_policy] if isinstance(cfg.table_policy, str) else list(cfg.table_policy)
+    if not names:
+        raise ValueError(f"Expected table_policy as one or more of {sorted(cfg.policies)}, got an empty list.")
     unknown = sorted(set(names) - set(cfg.policies))
     if unknown:
         raise ValueError(f"Unknown table_policy {unknown}; valid options: {sorted(cfg.policies)}.")
+    result = compare(cfg)
     calibrator = cfg.calibrator._target_.rsplit(".", 1)[-1]
     table = "\n".join(markdown_table(result["rows"], name, target_risk=cfg.policies[name].get("target_risk"),
                                      delta=cfg.policies[name].get("delta"), calibrator=calibrator,

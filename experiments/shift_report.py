@@ -3,6 +3,9 @@
     python experiments/shift_report.py                      # c10lt_sctl: long-tailed val -> balanced test, 4 CNNs
     python experiments/shift_report.py --target-risk 0.05 --delta 0.1 --out docs_shift.md
 
+Exit status 2, with a message naming the file, when there is no data to report on (the default folder is
+absent and no --data was given) or a file cannot be read.
+
 For each file: temperature scaling and RiskControlPolicy (Learn then Test) fitted on split == 0, applied to
 split == 1. As a control, the same is done on an in-distribution resplit of the test part (first half of a
 seeded permutation -> second half). Prints whether the overall guarantee broke (test selective risk
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT = sorted((REPO.parent / "shared" / "data" / "c10lt_sctl").glob("*.npz"))
+DEFAULT_DIR = REPO.parent / "shared" / "data" / "c10lt_sctl"
+DEFAULT = sorted(DEFAULT_DIR.glob("*.npz"))
 
 
 def _pct(v):
@@ -52,6 +56,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = parser.parse_args(argv)
+    if not args.data:
+        print(f"shift_report.py: Expected logits files to report on, got none: the default folder {str(DEFAULT_DIR)!r} "
+              "holds no .npz file; pass --data FILE [FILE ...].", file=sys.stderr)
+        return 2
     lines = [f"Target selective risk r = {args.target_risk}, delta = {args.delta}; rates in %. "
              "'broken' = test risk significantly > r (exact binomial, level 0.05; classes Holm-corrected).", "",
              "| model | setting | certified | cal coverage | cal risk | test coverage [CI] | test risk [CI] | test ECE | "
@@ -59,7 +67,11 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for path in args.data:
-            shifted, control = report_file(path, target_risk=args.target_risk, delta=args.delta, seed=args.seed)
+            try:
+                shifted, control = report_file(path, target_risk=args.target_risk, delta=args.delta, seed=args.seed)
+            except (ValueError, TypeError, FileNotFoundError) as err:
+                print(f"shift_report.py: {err}", file=sys.stderr)
+                return 2
             for setting, rep in (("LT val -> balanced test", shifted), ("control: test half -> other half", control)):
                 ci = rep["test_ci"]
                 broken = [f"{c['class']} ({_pct(c['test_selective_risk'])})" for c in rep["classes"] if c["broken"]]
@@ -73,7 +85,9 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.write_text(text)
+        from calib._atomic import write_text_atomic
+
+        write_text_atomic(args.out, text)
     return 0
 
 

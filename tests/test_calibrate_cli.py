@@ -19,7 +19,9 @@ METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "classwise_ece"}
 
 
 def _run(*overrides, cwd=REPO, check=True):
-    env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="1")
+    # The script must import this checkout's calib, whatever `pip install -e` points at.
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, MPLBACKEND="Agg", HYDRA_FULL_ERROR="1", PYTHONPATH=pythonpath)
     proc = subprocess.run([sys.executable, str(SCRIPT), *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
@@ -60,10 +62,19 @@ def test_bring_your_own_npz_reproduces_kull(tmp_path):
     assert load_artifact(tmp_path / "artifact").temperature_ == m["calibrator"]["temperature"]
 
 
+def _without_run_id(path):
+    """metrics.json's bytes without its run_id line (a fresh uuid per run; everything else is deterministic)."""
+    lines = Path(path).read_bytes().splitlines(keepends=True)
+    kept = [line for line in lines if not line.lstrip().startswith(b'"run_id":')]
+    assert len(kept) == len(lines) - 1, "exactly one run_id line"
+    return b"".join(kept)
+
+
 def test_same_config_gives_identical_metrics_bytes(tmp_path):
     _run("data=synthetic", "data.n=4000", f"hydra.run.dir={tmp_path / 'a'}")
     _run("data=synthetic", "data.n=4000", f"hydra.run.dir={tmp_path / 'b'}")
-    assert (tmp_path / "a/metrics.json").read_bytes() == (tmp_path / "b/metrics.json").read_bytes()
+    assert _without_run_id(tmp_path / "a/metrics.json") == _without_run_id(tmp_path / "b/metrics.json")
+    assert _metrics(tmp_path / "a")["run_id"] != _metrics(tmp_path / "b")["run_id"]
     assert _metrics(tmp_path / "a")["calibrator"]["temperature"] == pytest.approx(2.0, rel=0.1)
 
 

@@ -109,7 +109,7 @@ def test_missing_key(tmp_path, small):
     [
         (np.array([[0.0, np.nan], [1.0, 2.0]]), [0, 1], "finite logits.*NaN/inf"),
         (np.array([[0.0, np.inf], [1.0, 2.0]]), [0, 1], "finite logits"),
-        (np.zeros(4), [0, 1, 0, 1], r"shape \(n_samples, n_classes\), got an array of shape \(4,\)"),
+        (np.zeros(4), [0, 1, 0, 1], r"shape \(n_samples, n_classes\), got a 1-D array of shape \(4,\)"),
         (np.zeros((2, 2, 2)), [0, 1], r"got an array of shape \(2, 2, 2\)"),
         (np.zeros((3, 1)), [0, 0, 0], "at least 2 classes"),
         (np.zeros((3, 2)), [0, 1, 2], r"labels in \[0, 1\] for 2 classes, got maximum 2"),

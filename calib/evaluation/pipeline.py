@@ -6,12 +6,20 @@ The stages (:mod:`calib.evaluation.conformal`, :mod:`calib.evaluation.routing`) 
 
 This is what ``experiments/calibrate.py`` runs; keeping it here (not in the script) lets notebooks and
 tests run the same thing without Hydra.
+
+A run folder never pairs one run's ``metrics.json`` with another run's figures or artifact: :meth:`PipelineResult.write`
+first removes the previous run's outputs (``metrics.json`` first, so a run killed at any point leaves none), then
+writes the figures and ``artifact/`` and ``metrics.json`` last (atomically). Each write draws a fresh ``run_id``
+(uuid4 hex) stored in ``metrics.json`` and in the artifact's manifest (``metrics.run_id``): the two belong
+together exactly when the ids agree (:func:`calib.evaluation.results.find_jobs` checks this).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +29,21 @@ from calib.artifacts import data_fingerprint
 from calib.calibrators.base import softmax
 from calib.io import LogitsData
 
-__all__ = ["PipelineResult", "fit_and_evaluate", "METRIC_KEYS"]
+__all__ = ["PipelineResult", "fit_and_evaluate", "METRIC_KEYS", "RUN_FILES", "PLOT_FILES", "clear_run_folder"]
 
 log = logging.getLogger(__name__)
 
 #: Keys of the "uncalibrated" / "calibrated" blocks of metrics.json.
 #: ``classwise_ece_sum`` is Kull et al. (2019)'s tabulated form: summed over classes, np.digitize bins.
 METRIC_KEYS = ("accuracy", "nll", "brier", "ece", "classwise_ece", "classwise_ece_sum", "ece_mass", "mce")
+
+#: Every figure a stage of this pipeline can write (reliability; conformal; routing). A re-run into a used
+#: folder removes these (and only these, with :data:`RUN_FILES`) so no figure of the previous run survives
+#: beside the new metrics.json; a new stage's figure names must be added here (tests check it).
+PLOT_FILES = ("reliability.png", "conformal_coverage.png", "set_size_histogram.png", "class_coverage.png",
+              "risk_coverage.png", "completion_frontier.png", "silent_failure_slices.png")
+#: The other files of a run folder written by the pipeline or experiments/calibrate.py.
+RUN_FILES = ("metrics.json", "timings.json")
 
 
 def _test_metrics(probs, labels, n_bins):
@@ -54,13 +70,25 @@ class PipelineResult:
     plots: dict = dataclasses.field(default_factory=dict)  # file name -> calib.plotting.FigureSpec
 
     def write(self, out_dir, *, config_yaml=None):
-        """Write metrics.json, reliability.png, the stages' figures (:attr:`plots`) and artifact/ into ``out_dir``."""
+        """Write the figures (reliability.png and :attr:`plots`), artifact/ and, last, metrics.json into ``out_dir``.
+
+        The previous run's outputs in ``out_dir`` are removed first (metrics.json before anything else, then
+        timings.json, the figures of :data:`PLOT_FILES` and a calib ``artifact/``; no other file is touched),
+        so a run that dies half-way leaves no metrics.json at all. A fresh ``run_id`` (uuid4 hex) is set in
+        :attr:`metrics` and stored in metrics.json and in the artifact manifest's ``metrics``.
+        """
         from calib import artifacts
         from calib._atomic import write_json_atomic
         from calib.plotting import render, reliability, save_figure
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        unknown = sorted(set(self.plots) - set(PLOT_FILES))
+        if unknown:
+            log.warning("Figures %s are not in calib.evaluation.pipeline.PLOT_FILES: a later run into %s that does "
+                        "not draw them will not remove them.", unknown, out_dir)
+        clear_run_folder(out_dir, also=unknown)
+        self.metrics["run_id"] = uuid.uuid4().hex
         fig = reliability.plot_reliability_comparison([
             ("uncalibrated", reliability.prepare_reliability(self.probs_before, self.test_labels, n_bins=self.n_bins)),
             (self.calibrator.kind,
@@ -74,8 +102,38 @@ class PipelineResult:
             metrics=self.metrics, data_fingerprint=self.metrics["data_fingerprint"],
             class_names=self.class_names, config_yaml=config_yaml, overwrite=True,
         )
-        write_json_atomic(out_dir / "metrics.json", self.metrics)
+        write_json_atomic(out_dir / "metrics.json", self.metrics)  # last: its presence means the run completed
         return out_dir
+
+
+def clear_run_folder(out_dir, *, also=()):
+    """Remove a previous run's outputs from ``out_dir``: metrics.json first, then timings.json, the figures
+    of :data:`PLOT_FILES` (and the names in ``also``), ``artifact/`` when it is a calib artifact (holds
+    manifest.json) and the temporary siblings a killed atomic write leaves (``.metrics.json.*.tmp``,
+    ``.artifact.tmp-*``). Other files (the user's, Hydra's ``.hydra/`` and log) are kept. Returns the names
+    removed."""
+    out_dir = Path(out_dir)
+    removed = []
+    names = (*RUN_FILES, *PLOT_FILES, *also)
+    for name in names:
+        path = out_dir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            removed.append(name)
+    artifact = out_dir / "artifact"
+    if artifact.is_dir() and (artifact / "manifest.json").is_file():
+        shutil.rmtree(artifact)
+        removed.append("artifact/")
+    for name in ("artifact", *names):  # leftovers of killed atomic writes: .<name>.<random>[.tmp]
+        for path in out_dir.glob(f".{name}.*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+    if removed:
+        log.info("Removed the previous run's outputs from %s: %s", out_dir, ", ".join(removed))
+    return removed
 
 
 def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal=None, policy=None,

@@ -12,6 +12,11 @@ Used by ``experiments/aggregate.py``. Reads each run's ``metrics.json`` and ``.h
   (prepared here by :func:`summary_data`, drawn by :func:`calib.plotting.results.plot_summary`).
 * ``published.md``: our numbers beside published ones (a YAML table such as ``conf/published/kull2019.yaml``),
   with deltas.
+
+Nothing is left out silently: a job folder (it holds ``.hydra/overrides.yaml``) without ``metrics.json`` (the job
+failed, was killed or still runs), with an unreadable one, or whose ``metrics.json`` ``run_id`` differs from its
+``artifact/`` manifest's (outputs of two different runs) is listed as failed or incomplete, with its overrides and
+the last ERROR line of its log (``<job>/<task>.log``), in the result, ``summary.md`` and by ``aggregate.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -71,12 +77,128 @@ def metric_sections(metrics):
     return {k: v for k, v in sections.items() if v}
 
 
-def find_runs(sweep_dir):
-    """Every run folder under ``sweep_dir``: it holds metrics.json and .hydra/overrides.yaml."""
+def check_sweep_dir(sweep_dir):
+    """``sweep_dir`` as a Path; FileNotFoundError naming it when it is missing or not a folder."""
     sweep_dir = Path(sweep_dir)
-    runs = sorted(p.parent for p in sweep_dir.rglob("metrics.json")
-                  if (p.parent / ".hydra" / "overrides.yaml").is_file())
-    return runs
+    if not sweep_dir.exists():
+        raise FileNotFoundError(f"Expected a sweep folder at {str(sweep_dir)!r}, got no such folder.")
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"Expected a sweep folder at {str(sweep_dir)!r}, got a file.")
+    return sweep_dir
+
+
+_ERROR_MARKERS = ("[ERROR]", "[CRITICAL]")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit))(: .*)?$")
+_MAX_ERROR = 500
+
+
+def last_error_line(job_dir):
+    """The last ERROR line of the job's log (``<job_dir>/*.log``, e.g. calibrate.log), its message part only;
+    else the last line that looks like an exception (``ValueError: ...``); None when there is neither."""
+    found = None
+    for log_file in sorted(Path(job_dir).glob("*.log"), key=lambda p: p.stat().st_mtime):
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        marked = [ln for ln in lines if any(m in ln for m in _ERROR_MARKERS)]
+        if marked:
+            line = marked[-1]
+            found = line.split("] - ", 1)[1] if "] - " in line else line
+            continue
+        plain = [ln.strip() for ln in lines if _EXCEPTION_LINE.match(ln.strip())]
+        if plain:
+            found = plain[-1]
+    if found is not None and len(found) > _MAX_ERROR:
+        found = found[:_MAX_ERROR] + " ..."
+    return found
+
+
+def _read_overrides(job_dir):
+    try:
+        overrides = _load_yaml(job_dir / ".hydra" / "overrides.yaml")
+        return [str(o) for o in overrides] if isinstance(overrides, list) else [str(overrides)]
+    except Exception as err:  # a half-written or edited file: report, do not fail the whole aggregation
+        return [f"(unreadable .hydra/overrides.yaml: {type(err).__name__}: {err})"]
+
+
+def _job_problem(job_dir):
+    """None when ``job_dir`` holds a complete run, else why not (one line)."""
+    metrics_path = job_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return "no metrics.json: the job failed, was killed or is still running"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable metrics.json ({type(err).__name__}: {err})"
+    if not isinstance(metrics, dict):
+        return f"metrics.json holds a {type(metrics).__name__}, not an object"
+    run_id = metrics.get("run_id")
+    manifest_path = job_dir / "artifact" / "manifest.json"
+    if run_id is None:
+        return None  # written before run ids (older calib): the pairing cannot be checked (logged by find_jobs)
+    if not manifest_path.is_file():
+        return f"metrics.json (run_id {run_id}) has no artifact/manifest.json beside it"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        artifact_id = (manifest.get("metrics") or {}).get("run_id")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"unreadable artifact/manifest.json ({type(err).__name__}: {err})"
+    if artifact_id != run_id:
+        return (f"metrics.json run_id {run_id} does not match artifact/ run_id {artifact_id}: "
+                "outputs of two different runs")
+    return None
+
+
+def find_jobs(sweep_dir):
+    """``(runs, failed)`` under ``sweep_dir``.
+
+    A job folder holds ``.hydra/overrides.yaml``. ``runs``: the complete ones (sorted paths): metrics.json
+    readable and, when it carries a ``run_id``, the same ``run_id`` in ``artifact/manifest.json``. ``failed``:
+    one dict per other job folder with ``run`` (folder relative to ``sweep_dir``), ``overrides`` (list of
+    str), ``reason`` and ``error`` (the last ERROR line of its log, or None).
+    """
+    sweep_dir = check_sweep_dir(sweep_dir)
+    job_dirs = sorted({p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"})
+    jobs = set(job_dirs)
+    for path in sorted(sweep_dir.rglob("metrics.json")):
+        if path.parent not in jobs:
+            log.warning("Skipping %s: no .hydra/overrides.yaml beside it (not a Hydra job folder).", path)
+    runs, failed, legacy = [], [], 0
+    for job_dir in job_dirs:
+        problem = _job_problem(job_dir)
+        if problem is None:
+            runs.append(job_dir)
+            if "run_id" not in json.loads((job_dir / "metrics.json").read_text()):
+                legacy += 1
+            continue
+        failed.append({"run": job_dir.relative_to(sweep_dir).as_posix(), "overrides": _read_overrides(job_dir),
+                       "reason": problem, "error": last_error_line(job_dir)})
+    if legacy:
+        log.info("%d of %d runs have no run_id (written by an older calib): their pairing with artifact/ is not "
+                 "checked.", legacy, len(runs))
+    return runs, failed
+
+
+def find_runs(sweep_dir):
+    """Every complete run folder under ``sweep_dir`` (see :func:`find_jobs`; failed jobs are not in it)."""
+    return find_jobs(sweep_dir)[0]
+
+
+def _cell(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def failed_markdown(failed, n_jobs):
+    """The "Failed or incomplete jobs" section of summary.md (empty string when there are none)."""
+    if not failed:
+        return ""
+    lines = [f"## Failed or incomplete jobs ({len(failed)} of {n_jobs}; not in the tables above)", "",
+             "| job | overrides | problem | last error in the job's log |", "|---|---|---|---|"]
+    for job in failed:
+        lines.append(f"| {_cell(job['run'])} | {_cell(' '.join(job['overrides']) or '(defaults)')} | "
+                     f"{_cell(job['reason'])} | {_cell(job['error'] or '(none found)')} |")
+    return "\n".join(lines) + "\n"
 
 
 def load_run(run_dir, sweep_dir):
@@ -330,30 +452,67 @@ def published_markdown(rows, source):
     return "\n".join(lines) + "\n"
 
 
+def _warn_duplicates(header, rows):
+    columns = header[1:header.index("seed")]
+    seen = defaultdict(set)
+    for row in rows:
+        seen[(_config_key(row, columns), row["seed"])].add(row["run"])
+    for (config, seed), runs in seen.items():
+        if len(runs) > 1:
+            log.warning("%d runs share configuration %s and seed %s (%s): the summary averages them as if they were "
+                        "different seeds.", len(runs), _label(config), seed or "(none)", ", ".join(sorted(runs)))
+
+
 def aggregate(sweep_dir, out_dir=None, *, published=None, figure=True, published_presets=None, pivot=None):
     """Write results.csv, summary.md, summary.png (and published.md) for ``sweep_dir``; return their texts.
 
     ``published``: a YAML file of published numbers to compare with; when None, the file that
     ``published_presets`` (experiment preset name -> YAML path) names for the sweep's preset, if any.
     ``pivot``: ``(row_key, col_key)`` adds ``pivot.md``, one table of calibrated test metrics (see
-    :func:`pivot_markdown`).
+    :func:`pivot_markdown`); both must be override keys of the sweep.
+
+    The returned dict also holds ``n_runs``, ``failed`` (see :func:`find_jobs`) and ``n_failed``; failed jobs
+    are listed at the end of summary.md. Raises FileNotFoundError for a missing ``sweep_dir`` and ValueError
+    when it holds no complete run (the message lists the failed jobs).
     """
     from calib._atomic import write_text_atomic
 
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = check_sweep_dir(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir
-    run_dirs = find_runs(sweep_dir)
+    run_dirs, failed = find_jobs(sweep_dir)
     if not run_dirs:
+        if failed:
+            listing = "; ".join(f"{job['run']}: {job['error'] or job['reason']}" for job in failed[:10])
+            raise ValueError(f"Expected at least one complete run under {str(sweep_dir)!r}, got none: all "
+                             f"{len(failed)} job folders failed or are incomplete ({listing}"
+                             f"{'; ...' if len(failed) > 10 else ''}).")
         raise ValueError(f"Expected run folders (metrics.json + .hydra/overrides.yaml) under {str(sweep_dir)!r}, "
                          "found none.")
     runs = [load_run(d, sweep_dir) for d in run_dirs]
     header, rows = tidy_rows(runs)
+    if pivot is not None:
+        columns = header[1:header.index("seed")]
+        missing = [k for k in pivot if k not in columns]
+        if len(pivot) != 2 or missing:
+            raise ValueError(f"Expected pivot as two override keys of the sweep (ROW,COL) among {columns}, got "
+                             f"{','.join(pivot)!r}.")
+    _warn_duplicates(header, rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"n_runs": len(runs), "csv": write_csv(header, rows), "summary": summary_markdown(header, rows)}
+    summary = summary_markdown(header, rows)
+    if failed:
+        title, _, rest = summary.partition("\n")
+        warning = (f"**{len(failed)} of {len(runs) + len(failed)} jobs failed or are incomplete; they are listed at "
+                   "the end and are not in the tables.**")
+        summary = (title + "\n\n" + warning + "\n" + rest).rstrip("\n") + "\n\n" + failed_markdown(
+            failed, len(runs) + len(failed))
+    result = {"n_runs": len(runs), "n_failed": len(failed), "failed": failed, "csv": write_csv(header, rows),
+              "summary": summary}
     write_text_atomic(out_dir / "results.csv", result["csv"])
     write_text_atomic(out_dir / "summary.md", result["summary"])
     if figure:
         result["figure"] = summary_figure(header, rows, out_dir / "summary.png")
+        if result["figure"] is None:
+            log.warning("No summary.png: no run has calibrated ECE or NLL.")
     if pivot is not None:
         result["pivot"] = pivot_markdown(rows, row_key=pivot[0], col_key=pivot[1]) + "\n"
         write_text_atomic(out_dir / "pivot.md", result["pivot"])
@@ -361,7 +520,15 @@ def aggregate(sweep_dir, out_dir=None, *, published=None, figure=True, published
         presets = {run["choices"].get("experiment") for run in runs}
         table_of = published_presets or {}
         published = next((table_of[p] for p in presets if p in table_of), None)
+    stale = [name for name, kept in (("summary.png", result.get("figure")), ("pivot.md", "pivot" in result),
+                                      ("published.md", published)) if not kept and (out_dir / name).is_file()]
+    for name in stale:  # left by an earlier aggregation: they would not match the new results.csv
+        (out_dir / name).unlink()
+    if stale:
+        log.info("Removed %s of an earlier aggregation from %s.", ", ".join(stale), out_dir)
     if published:
+        if not Path(published).is_file():
+            raise FileNotFoundError(f"Expected a published-numbers YAML file at {str(published)!r}, got no such file.")
         table = _load_yaml(published)
         result["published"] = published_markdown(published_comparison(runs, table), table.get("source", published))
         write_text_atomic(out_dir / "published.md", result["published"])
