@@ -48,7 +48,8 @@ from calib._chunks import CACHE, row_slices
 from calib._atomic import umask
 from calib._json import to_json
 
-__all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "data_fingerprint", "ArtifactError",
+__all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "data_fingerprint", "content_id",
+           "ArtifactError",
            "ArtifactNotFoundError",
            "FORMAT", "SCHEMA_VERSION", "MAX_LOAD_BYTES"]
 
@@ -364,6 +365,25 @@ def _write_npz(path, arrays):
             zf.writestr(info, buf.getvalue())
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+#: Manifest fields that identify what an artifact holds (not when or by which calib it was written, nor the
+#: metrics stored beside it): two saves of the same fit have the same :func:`content_id`.
+_CONTENT_FIELDS = ("format", "schema_version", "n_classes", "class_names", "components", "data_fingerprint", "files")
+
+
+def content_id(manifest):
+    """sha256 of what an artifact holds: its components (kinds, params, state), array and config file digests,
+    class names and data fingerprint; not its creation time, calib version or stored metrics.
+
+    Deterministic for a deterministic fit, so ``metrics.json`` can carry it (``artifact_id``) without
+    losing byte-identical reruns, and a reader can tell whether a metrics file and an artifact belong to
+    the same run. Pass a manifest from :func:`read_manifest` (verified checksums) or a path.
+    """
+    if not isinstance(manifest, dict):
+        manifest = read_manifest(manifest)
+    body = {k: manifest.get(k) for k in _CONTENT_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
 def _manifest_digest(manifest):

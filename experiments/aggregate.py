@@ -17,7 +17,7 @@ choices and ``.hydra/config.yaml`` for the seed) and writes, into SWEEP_DIR unle
   the published ones in ``conf/published/kull2019.yaml``, with deltas.
 
 Failed or incomplete jobs (a job folder with ``.hydra/`` but no ``metrics.json``, or whose ``metrics.json`` and
-``artifact/`` carry different ``run_id``s) are listed with their overrides and the last ERROR line of their
+``artifact/`` do not belong together: ``artifact_id``) are listed with their overrides and the last ERROR line of their
 ``calibrate.log``, on stdout, on stderr (a count) and at the end of ``summary.md``. Exit status: 0, or 1 with
 ``--strict`` when any job failed; 2 when nothing can be aggregated (a missing folder, no complete run, a bad
 option).

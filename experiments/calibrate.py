@@ -4,7 +4,7 @@
     python experiments/calibrate.py data=npz data.path=my_logits.npz calibrator=temperature hydra.run.dir=out/
     python experiments/calibrate.py -m experiment=kull2019           # a preset sweep (conf/experiment/)
 
-Writes into the run folder: metrics.json (deterministic but for its run_id), timings.json, reliability.png,
+Writes into the run folder: metrics.json (deterministic; its artifact_id names the artifact beside it), timings.json, reliability.png,
 artifact/, and Hydra's resolved config in .hydra/. A re-run into a used folder first removes the previous run's
 outputs; metrics.json is written last, so a run that fails or is killed leaves none (and its error is the last
 ERROR line of <run folder>/calibrate.log, which experiments/aggregate.py reports). See docs/experiments.md.
@@ -55,7 +55,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     fitted = time.perf_counter()
     log.info("[3/4] Fitted and evaluated in %.2f s", fitted - start)
     result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
-    write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start, "run_id": result.metrics["run_id"],
+    write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start, "artifact_id": result.metrics["artifact_id"],
                                                  "total_s": time.perf_counter() - start})
     log.info("[4/4] Wrote metrics.json, timings.json, plots and artifact/")
     return result.metrics

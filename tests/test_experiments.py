@@ -126,18 +126,10 @@ def test_submitit_local_sweep_then_aggregate_reproduces_joblib(submitit_sweep, j
     sweep_dir, _ = submitit_sweep
     runs = _check_sweep_folders(sweep_dir)
     _check_aggregate(sweep_dir)
-    # Same config and seed, other launcher and processes: byte-identical metrics.json but for the run_id.
+    # Same config and seed, other launcher and processes: byte-identical metrics.json.
     for run_dir in runs:
         twin = joblib_sweep[0] / run_dir.relative_to(sweep_dir)
-        assert _without_run_id(run_dir / "metrics.json") == _without_run_id(twin / "metrics.json")
-
-
-def _without_run_id(path):
-    """metrics.json's bytes without its run_id line (a fresh uuid per run; everything else is deterministic)."""
-    lines = Path(path).read_bytes().splitlines(keepends=True)
-    kept = [line for line in lines if not line.lstrip().startswith(b'"run_id":')]
-    assert len(kept) == len(lines) - 1, "exactly one run_id line"
-    return b"".join(kept)
+        assert (run_dir / "metrics.json").read_bytes() == (twin / "metrics.json").read_bytes()
 
 
 def test_same_config_and_seed_give_byte_identical_metrics(tmp_path):
@@ -150,13 +142,15 @@ def test_same_config_and_seed_give_byte_identical_metrics(tmp_path):
     outputs = {}
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         calibrate.run(cfgs[seed], tmp_path / name)
-        outputs[name] = _without_run_id(tmp_path / name / "metrics.json")
+        outputs[name] = (tmp_path / name / "metrics.json").read_bytes()
         assert (tmp_path / name / "timings.json").is_file()
     assert outputs["a"] == outputs["b"]
     assert outputs["a"] != outputs["c"]  # the seed reaches the data
     assert "_s" not in json.loads(outputs["a"])  # no timings in metrics.json
-    run_ids = {json.loads((tmp_path / name / "metrics.json").read_text())["run_id"] for name in "abc"}
-    assert len(run_ids) == 3  # a fresh run_id per run
+    from calib.artifacts import content_id
+
+    for name in "abc":  # each metrics.json names the artifact beside it
+        assert json.loads(outputs[name])["artifact_id"] == content_id(tmp_path / name / "artifact")
 
 
 def test_cli_rejects_unknown_options_and_keys():

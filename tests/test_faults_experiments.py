@@ -1,7 +1,7 @@
 """Faults in experiments: a sweep with a failing job, a run killed half-way, a re-run into a used folder.
 
 Nothing may be lost or stale: aggregate.py lists every failed or incomplete job (overrides, last error of its
-log) and ``--strict`` fails on them; metrics.json is written last and carries the run_id of its artifact, so a
+log) and ``--strict`` fails on them; metrics.json is written last and carries the artifact_id of its artifact, so a
 killed run leaves no metrics.json and no run is ever paired with another run's artifact or figures.
 One real sweep (two jobs, about 10 s); the rest runs in process.
 """
@@ -78,20 +78,20 @@ def test_aggregate_missing_sweep_folder_exits_2(tmp_path):
         aggregate(tmp_path / "no_such_sweep")
 
 
-def test_mismatched_run_id_is_reported_not_aggregated(sweep_with_a_failure, tmp_path):
+def test_mismatched_artifact_id_is_reported_not_aggregated(sweep_with_a_failure, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(sweep_with_a_failure, sweep)
     # Another job's metrics.json beside this job's artifact: a pairing of two different runs.
     stale = sweep / "calibrator=identity/seed=0"
     shutil.copytree(sweep / GOOD_JOB, stale)
     metrics = json.loads((stale / "metrics.json").read_text())
-    metrics["run_id"] = "0" * 32
+    metrics["artifact_id"] = "0" * 64
     (stale / "metrics.json").write_text(json.dumps(metrics))
     runs, failed = find_jobs(sweep)
     assert [r.relative_to(sweep).as_posix() for r in runs] == [GOOD_JOB]
     reasons = {job["run"]: job["reason"] for job in failed}
     assert set(reasons) == {BAD_JOB, "calibrator=identity/seed=0"}
-    assert "does not match artifact/ run_id" in reasons["calibrator=identity/seed=0"]
+    assert "outputs of two different runs" in reasons["calibrator=identity/seed=0"]
     result = aggregate(sweep, tmp_path / "out", figure=False)
     assert result["n_runs"] == 1 and result["n_failed"] == 2
     assert "## Failed or incomplete jobs (2 of 3" in result["summary"]
@@ -130,22 +130,27 @@ def _job_folder(path):
     return path
 
 
-def _artifact_run_id(run_dir):
-    return json.loads((run_dir / "artifact" / "manifest.json").read_text())["metrics"]["run_id"]
+def test_artifact_id_pairs_metrics_and_artifact(parts, tmp_path):
+    from calib.artifacts import content_id
 
-
-def test_run_id_pairs_metrics_and_artifact(parts, tmp_path):
     result = _result(parts)
     result.write(tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(metrics["run_id"]) == 32 and metrics["run_id"] == _artifact_run_id(tmp_path)
-    assert result.metrics["run_id"] == metrics["run_id"]
+    manifest = json.loads((tmp_path / "artifact" / "manifest.json").read_text())
+    # an independent digest of the manifest's content fields (not its time stamp or metrics)
+    import hashlib
+    body = {k: manifest[k] for k in ("format", "schema_version", "n_classes", "class_names", "components",
+                                     "data_fingerprint", "files")}
+    expected = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    assert metrics["artifact_id"] == expected == content_id(tmp_path / "artifact")
+    assert result.metrics["artifact_id"] == metrics["artifact_id"]
+    result.write(tmp_path)  # a second write of the same fit: same bytes (the id is deterministic)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
 def test_run_killed_before_metrics_json_leaves_no_stale_pairing(parts, tmp_path, monkeypatch):
     run_dir = _job_folder(tmp_path / "job")
     _result(parts).write(run_dir)
-    old_id = json.loads((run_dir / "metrics.json").read_text())["run_id"]
     assert find_jobs(tmp_path)[0] == [run_dir]
 
     import calib._atomic
@@ -161,7 +166,6 @@ def test_run_killed_before_metrics_json_leaves_no_stale_pairing(parts, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         _result(parts).write(run_dir)
     assert not (run_dir / "metrics.json").exists()  # the old one went first; the new one never came
-    assert _artifact_run_id(run_dir) != old_id  # the artifact is the new run's, with nothing to pair it with
     runs, failed = find_jobs(tmp_path)
     assert runs == [] and failed[0]["run"] == "job" and "no metrics.json" in failed[0]["reason"]
 
@@ -219,7 +223,7 @@ def test_calibrate_run_that_fails_clears_the_previous_outputs(tmp_path):
     calibrate.run(good, tmp_path)
     assert {"metrics.json", "timings.json", "reliability.png", "artifact"} <= {p.name for p in tmp_path.iterdir()}
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert timings["run_id"] == json.loads((tmp_path / "metrics.json").read_text())["run_id"]
+    assert timings["artifact_id"] == json.loads((tmp_path / "metrics.json").read_text())["artifact_id"]
     with pytest.raises(Exception, match="Expected a logits file at .*missing.npz', got no such file"):
         calibrate.run(bad, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == set()

@@ -9,9 +9,10 @@ tests run the same thing without Hydra.
 
 A run folder never pairs one run's ``metrics.json`` with another run's figures or artifact: :meth:`PipelineResult.write`
 first removes the previous run's outputs (``metrics.json`` first, so a run killed at any point leaves none), then
-writes the figures and ``artifact/`` and ``metrics.json`` last (atomically). Each write draws a fresh ``run_id``
-(uuid4 hex) stored in ``metrics.json`` and in the artifact's manifest (``metrics.run_id``): the two belong
-together exactly when the ids agree (:func:`calib.evaluation.results.find_jobs` checks this).
+writes the figures and ``artifact/`` and ``metrics.json`` last (atomically). ``metrics.json`` carries the
+``artifact_id`` of the artifact written beside it (:func:`calib.artifacts.content_id`: a digest of what the
+artifact holds, deterministic, so reruns stay byte-identical): the two belong together exactly when it matches
+the artifact's (:func:`calib.evaluation.results.find_jobs` checks this).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,8 @@ class PipelineResult:
 
         The previous run's outputs in ``out_dir`` are removed first (metrics.json before anything else, then
         timings.json, the figures of :data:`PLOT_FILES` and a calib ``artifact/``; no other file is touched),
-        so a run that dies half-way leaves no metrics.json at all. A fresh ``run_id`` (uuid4 hex) is set in
-        :attr:`metrics` and stored in metrics.json and in the artifact manifest's ``metrics``.
+        so a run that dies half-way leaves no metrics.json at all. ``metrics["artifact_id"]`` is set to the
+        written artifact's :func:`calib.artifacts.content_id`.
         """
         from calib import artifacts
         from calib._atomic import write_json_atomic
@@ -88,7 +88,7 @@ class PipelineResult:
             log.warning("Figures %s are not in calib.evaluation.pipeline.PLOT_FILES: a later run into %s that does "
                         "not draw them will not remove them.", unknown, out_dir)
         clear_run_folder(out_dir, also=unknown)
-        self.metrics["run_id"] = uuid.uuid4().hex
+        self.metrics.pop("artifact_id", None)  # a previous write's; set again below for this artifact
         fig = reliability.plot_reliability_comparison([
             ("uncalibrated", reliability.prepare_reliability(self.probs_before, self.test_labels, n_bins=self.n_bins)),
             (self.calibrator.kind,
@@ -102,6 +102,7 @@ class PipelineResult:
             metrics=self.metrics, data_fingerprint=self.metrics["data_fingerprint"],
             class_names=self.class_names, config_yaml=config_yaml, overwrite=True,
         )
+        self.metrics["artifact_id"] = artifacts.content_id(artifacts.read_manifest(out_dir / "artifact"))
         write_json_atomic(out_dir / "metrics.json", self.metrics)  # last: its presence means the run completed
         return out_dir
 

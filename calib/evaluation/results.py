@@ -14,8 +14,8 @@ Used by ``experiments/aggregate.py``. Reads each run's ``metrics.json`` and ``.h
   with deltas.
 
 Nothing is left out silently: a job folder (it holds ``.hydra/overrides.yaml``) without ``metrics.json`` (the job
-failed, was killed or still runs), with an unreadable one, or whose ``metrics.json`` ``run_id`` differs from its
-``artifact/`` manifest's (outputs of two different runs) is listed as failed or incomplete, with its overrides and
+failed, was killed or still runs), with an unreadable one, or whose ``metrics.json`` ``artifact_id`` is not its
+``artifact/``'s :func:`calib.artifacts.content_id` (outputs of two different runs) is listed as failed or incomplete, with its overrides and
 the last ERROR line of its log (``<job>/<task>.log``), in the result, ``summary.md`` and by ``aggregate.py``.
 """
 
@@ -133,19 +133,17 @@ def _job_problem(job_dir):
         return f"unreadable metrics.json ({type(err).__name__}: {err})"
     if not isinstance(metrics, dict):
         return f"metrics.json holds a {type(metrics).__name__}, not an object"
-    run_id = metrics.get("run_id")
-    manifest_path = job_dir / "artifact" / "manifest.json"
-    if run_id is None:
-        return None  # written before run ids (older calib): the pairing cannot be checked (logged by find_jobs)
-    if not manifest_path.is_file():
-        return f"metrics.json (run_id {run_id}) has no artifact/manifest.json beside it"
+    artifact_id = metrics.get("artifact_id")
+    if artifact_id is None:
+        return None  # written before artifact ids (older calib): the pairing cannot be checked (logged by find_jobs)
+    from calib import artifacts
+
     try:
-        manifest = json.loads(manifest_path.read_text())
-        artifact_id = (manifest.get("metrics") or {}).get("run_id")
-    except (OSError, ValueError, AttributeError) as err:
-        return f"unreadable artifact/manifest.json ({type(err).__name__}: {err})"
-    if artifact_id != run_id:
-        return (f"metrics.json run_id {run_id} does not match artifact/ run_id {artifact_id}: "
+        actual = artifacts.content_id(artifacts.read_manifest(job_dir / "artifact"))
+    except (OSError, ValueError) as err:
+        return f"metrics.json names artifact {artifact_id[:12]}… but artifact/ is missing or unreadable ({err})"
+    if actual != artifact_id:
+        return (f"metrics.json belongs to artifact {artifact_id[:12]}… but artifact/ holds {actual[:12]}…: "
                 "outputs of two different runs")
     return None
 
@@ -154,7 +152,7 @@ def find_jobs(sweep_dir):
     """``(runs, failed)`` under ``sweep_dir``.
 
     A job folder holds ``.hydra/overrides.yaml``. ``runs``: the complete ones (sorted paths): metrics.json
-    readable and, when it carries a ``run_id``, the same ``run_id`` in ``artifact/manifest.json``. ``failed``:
+    readable and, when it carries an ``artifact_id``, the ``content_id`` of ``artifact/``. ``failed``:
     one dict per other job folder with ``run`` (folder relative to ``sweep_dir``), ``overrides`` (list of
     str), ``reason`` and ``error`` (the last ERROR line of its log, or None).
     """
@@ -169,13 +167,13 @@ def find_jobs(sweep_dir):
         problem = _job_problem(job_dir)
         if problem is None:
             runs.append(job_dir)
-            if "run_id" not in json.loads((job_dir / "metrics.json").read_text()):
+            if "artifact_id" not in json.loads((job_dir / "metrics.json").read_text()):
                 legacy += 1
             continue
         failed.append({"run": job_dir.relative_to(sweep_dir).as_posix(), "overrides": _read_overrides(job_dir),
                        "reason": problem, "error": last_error_line(job_dir)})
     if legacy:
-        log.info("%d of %d runs have no run_id (written by an older calib): their pairing with artifact/ is not "
+        log.info("%d of %d runs have no artifact_id (written by an older calib): their pairing with artifact/ is not "
                  "checked.", legacy, len(runs))
     return runs, failed
 
