@@ -149,14 +149,23 @@ def _generic_edits():
     return out
 
 
-def _kind_swaps():
+#: Kinds whose parameters and state have the same form, so a relabelled state IS a valid state of the other
+#: kind (one anyone could write for it): validation cannot tell them apart, only a signature could. Diagonal
+#: vector-scaling weights are a valid matrix-scaling (same function) or Dirichlet matrix; matrix-scaling
+#: (W, b) a valid Dirichlet (W, b); the two threshold-free policies store nothing but n_classes and the
+#: majority class. Tested below: such a swap loads as a valid object of the new kind, nothing else does.
+STATE_COMPATIBLE = {("vector_scaling", "matrix_scaling"), ("vector_scaling", "dirichlet"),
+                    ("matrix_scaling", "dirichlet"), ("conformal_routing", "cost"), ("cost", "conformal_routing")}
+
+
+def _kind_swaps(compatible=False):
     from calib import calibrators, conformal, policy
 
     registries = {"calibrator": calibrators.REGISTRY, "conformal": conformal.REGISTRY, "policy": policy.REGISTRY}
     out = []
     for case_id, component, kind, _ in CASES:
         for other in registries[component]:
-            if other != kind and other != "netcal":
+            if other != kind and other != "netcal" and ((kind, other) in STATE_COMPATIBLE) == compatible:
                 out.append((case_id, component, f"as-{other}", lambda e, a, o=other: e.update(kind=o)))
     return out
 
@@ -225,6 +234,25 @@ def test_tampered_state_is_refused_at_load(tmp_path, tmp_path_factory, case_id, 
     artifacts.read_manifest(path)  # the checksums are valid: only validation can catch the edit
     with pytest.raises(ArtifactError, match=rf"{component}|n_classes"):
         load_pipeline(path)
+
+
+@pytest.mark.parametrize("case_id,component,name,edit", _kind_swaps(compatible=True),
+                         ids=[f"{c}:{n}" for c, _, n, _ in _kind_swaps(compatible=True)])
+def test_state_compatible_kind_swaps_load_as_valid_objects_of_the_new_kind(tmp_path, tmp_path_factory, case_id,
+                                                                           component, name, edit):
+    from calib.calibrators import softmax
+
+    src = _saved(tmp_path_factory, case_id)
+    path = _edited(src, tmp_path / "edited", component, edit)
+    obj = load_pipeline(path)[component]
+    assert obj.kind == name[len("as-"):]
+    logits, labels, _, fallback = _data(obj.n_classes_)
+    if component == "calibrator":
+        p = obj.predict_proba(logits)
+    else:
+        p = softmax(logits)
+        p = obj.route(p, sets=p > 0.2, fallback=fallback).actions
+    assert np.isfinite(p).all()
 
 
 def test_the_suite_covers_every_kind_and_is_large():
