@@ -153,7 +153,7 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
     return (p, argmax) if return_argmax else p
 
 
-def check_labels(labels, name="labels", *, n_samples=None, n_classes=None):
+def check_labels(labels, name="labels", *, n_samples=None, n_classes=None, rows_of="logits"):
     """Validate integer class labels of shape (n,) in [0, n_classes); integral floats are accepted."""
     y = as_array(labels, name)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -162,7 +162,7 @@ def check_labels(labels, name="labels", *, n_samples=None, n_classes=None):
         raise ValueError(f"Expected {name} of shape (n_samples,), got an array of shape {y.shape}.")
     if n_samples is not None and y.shape[0] != n_samples:
         raise ValueError(
-            f"Expected {name} of length {n_samples} (one per row of logits), got length {y.shape[0]}."
+            f"Expected {name} of length {n_samples} (one per row of {rows_of}), got length {y.shape[0]}."
         )
     if y.dtype.kind == "b" or y.dtype.kind not in "fiu":
         raise TypeError(f"Expected integer class {name}, got dtype {y.dtype}.")
@@ -175,16 +175,18 @@ def check_labels(labels, name="labels", *, n_samples=None, n_classes=None):
                 f"Expected integer class {name}, got {int(frac.sum())} values with a fractional part "
                 f"(e.g. {y[frac][0]!r})."
             )
-    y = y.astype(np.int64, copy=False)
-    if y.size:
-        lo, hi = int(y.min()), int(y.max())
+    if y.size:  # range checked in the input's own dtype: a cast first would wrap 1e20 or 2**63 into nonsense
+        lo, hi = y.min(), y.max()
+        show = (lambda v: f"{float(v):g}") if y.dtype.kind == "f" else (lambda v: str(int(v)))
         if lo < 0:
-            raise ValueError(f"Expected {name} >= 0, got minimum {lo}.")
+            raise ValueError(f"Expected {name} >= 0, got minimum {show(lo)}.")
         if n_classes is not None and hi >= n_classes:
             raise ValueError(
-                f"Expected {name} in [0, {n_classes - 1}] for {n_classes} classes, got maximum {hi}."
+                f"Expected {name} in [0, {n_classes - 1}] for {n_classes} classes, got maximum {show(hi)}."
             )
-    return y
+        if hi > np.iinfo(np.int64).max // 2:
+            raise ValueError(f"Expected {name} as class indices, got maximum {show(hi)}.")
+    return y.astype(np.int64, copy=False)
 
 
 def check_logits_labels(logits, labels, *, n_classes=None, warn_missing=True):
@@ -200,7 +202,7 @@ def check_probs_labels(probs, labels, *, n_classes=None, return_argmax=False):
     """Validate a (probs, labels) pair; with ``return_argmax`` also return each row's argmax."""
     out = check_probs(probs, "probs", n_classes=n_classes, return_argmax=return_argmax)
     p = out[0] if return_argmax else out
-    y = check_labels(labels, "labels", n_samples=p.shape[0], n_classes=p.shape[1])
+    y = check_labels(labels, "labels", n_samples=p.shape[0], n_classes=p.shape[1], rows_of="probs")
     return (p, y, out[1]) if return_argmax else (p, y)
 
 

@@ -95,3 +95,32 @@ def test_conformal_chunks_on_threads_give_the_same_sets(monkeypatch, score, kw):
         out[threads] = (sc.qhat_, sc.predict_set(p[700:]))
     assert np.array_equal(out["1"][0], out["3"][0])
     assert np.array_equal(out["1"][1], out["3"][1])
+
+
+@pytest.mark.parametrize("labels,match", [
+    (np.full(3, 1e20), r"got maximum 1e\+20\."),
+    (np.array([2**63 + 5], dtype=np.uint64), r"got maximum 9223372036854775813\."),
+    (np.array([5, 1, -2]), r"labels >= 0, got minimum -2\."),
+    (np.array([-0.0, 1.0, -3.0]), r"labels >= 0, got minimum -3\."),
+])
+def test_label_range_messages_report_the_value_that_came(labels, match):
+    from calib._validation import check_labels
+
+    with pytest.raises(ValueError, match=match):
+        check_labels(labels, n_samples=len(labels), n_classes=3)
+
+
+def test_masked_one_d_and_bfloat16_inputs():
+    from calib._validation import check_logits, check_probs_labels
+
+    x = np.ma.masked_array(np.zeros((3, 2)), mask=[[0, 1], [0, 0], [0, 0]])
+    with pytest.raises(TypeError, match=r"logits as a plain array, got a masked array \(1 masked entries\)"):
+        check_logits(x)
+    with pytest.raises(ValueError, match=r"np\.stack\(\[np\.zeros_like\(z\), z\], axis=1\)"):
+        check_logits(np.zeros(5))
+    with pytest.raises(ValueError, match=r"one per row of probs"):
+        check_probs_labels(np.full((3, 2), 0.5), [0, 1])
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([[1.5, -2.25], [0.125, 3.0]], dtype=torch.bfloat16)
+    out = check_logits(t)
+    assert out.dtype == np.float32 and out.tolist() == [[1.5, -2.25], [0.125, 3.0]]  # exactly representable
