@@ -235,3 +235,36 @@ def test_clear_run_folder_keeps_a_user_artifact_folder(tmp_path):
     assert pipeline.clear_run_folder(tmp_path) == []
     assert (tmp_path / "artifact" / "mine.txt").is_file()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), ["artifact"])
+
+
+def test_kill_9_of_calibrate_at_random_points_never_pairs_two_runs(tmp_path):
+    """SIGKILL experiments/calibrate.py at random moments while it re-runs, with another config, into a folder
+    holding a complete run: afterwards either there is no metrics.json, or it names the artifact beside it."""
+    import random
+    import time
+
+    from calib.artifacts import content_id, load_pipeline
+
+    run_dir = tmp_path / "run"
+    common = ["data=synthetic", "data.n=3000", f"hydra.run.dir={run_dir}"]
+    rc, _, err = run_cli("calibrate.py", *common, "calibrator=identity")
+    assert rc == 0, err
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": pythonpath}
+    rng, outcomes = random.Random(0), []
+    for calibrator in ("temperature", "ensemble_temperature", "temperature", "isotonic", "temperature"):
+        proc = subprocess.Popen([sys.executable, "experiments/calibrate.py", *common, f"calibrator={calibrator}",
+                                 "conformal=lac"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 6.0))
+        proc.kill()
+        proc.wait()
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            assert metrics["artifact_id"] == content_id(run_dir / "artifact")  # whole, and the same run's
+            assert load_pipeline(run_dir / "artifact")["calibrator"].kind in (calibrator, "identity")
+            outcomes.append("complete" if "conformal" in metrics else "old")
+        else:
+            outcomes.append("none")
+    assert "none" in outcomes, outcomes  # at least one kill landed mid-run (the check above was not vacuous)
