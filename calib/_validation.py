@@ -26,6 +26,8 @@ __all__ = [
     "check_positive_int",
     "check_choice",
     "check_same_length",
+    "check_binary",
+    "check_group_ids",
     "warn_if_probabilities",
 ]
 
@@ -270,3 +272,32 @@ def warn_if_probabilities(x, name="logits"):
         stacklevel=3,
     )
     return True
+
+
+def check_binary(x, name):
+    """A boolean array, or integers that are all 0/1 (returned as bool); floats are refused (0.7 is not a
+    verdict, and reading it as True certifies what was never checked)."""
+    x = as_array(x, name)
+    if x.dtype == bool:
+        return x
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"Expected {name} as booleans (or 0/1 integers), got dtype {x.dtype}.")
+    ok = (x == 0) | (x == 1)
+    if not ok.all():
+        raise ValueError(f"Expected {name} as booleans (or 0/1 integers), got values {np.unique(x[~ok])[:5].tolist()}.")
+    return x.astype(bool)
+
+
+def check_group_ids(groups, n, name="groups", length_of="logits"):
+    """Group ids of shape (n,): integers, strings, booleans or finite floats, never objects; a NaN id would
+    form a group that no later row can match."""
+    g = as_array(groups, name)
+    if g.dtype == object or g.dtype.kind not in "biufUS":
+        raise TypeError(f"Expected {name} as integers or strings, got dtype {g.dtype}.")
+    if g.shape != (n,):
+        raise ValueError(f"Expected {name} of length {n} (one per row of {length_of}), got shape {g.shape}.")
+    if g.dtype.kind == "f" and not np.isfinite(g).all():
+        bad = ~np.isfinite(g)
+        raise ValueError(f"Expected finite {name}, got {int(bad.sum())} NaN/inf entries (first rows: "
+                         f"{np.flatnonzero(bad)[:5].tolist()}).")
+    return g

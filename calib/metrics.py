@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from calib import _chunks as chunking
-from calib._validation import as_array, check_choice, check_positive_int, check_probs_labels
+from calib._validation import as_array, check_binary, check_choice, check_positive_int, check_probs_labels
 
 __all__ = [
     "accuracy",
@@ -122,13 +122,7 @@ def _check_binned(confidence, correct, conf_name="confidence", hit_name="correct
     h = as_array(correct, hit_name)
     if h.shape != c.shape:
         raise ValueError(f"Expected {hit_name} of length {c.size} (one per {conf_name}), got shape {h.shape}.")
-    if h.dtype != bool:
-        if h.dtype.kind not in "iu":
-            raise TypeError(f"Expected {hit_name} as booleans (or 0/1 integers), got dtype {h.dtype}.")
-        if not np.isin(h, (0, 1)).all():
-            raise ValueError(f"Expected {hit_name} as booleans (or 0/1 integers), got values "
-                             f"{np.unique(h[~np.isin(h, (0, 1))])[:5].tolist()}.")
-    return c, h.astype(bool, copy=False)
+    return c, check_binary(h, hit_name)
 
 
 def calibration_bins(confidence, correct, *, n_bins=15, binning="width"):

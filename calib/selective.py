@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from calib._validation import as_array, check_choice, check_fraction, check_probs
+from calib._validation import as_array, check_binary, check_choice, check_fraction, check_probs
 
 __all__ = [
     "CONFIDENCES",
@@ -107,13 +107,7 @@ def _check_conf_correct(confidence, correct):
         raise ValueError(f"Expected confidence of shape (n_samples,) with n >= 1, got shape {c.shape}.")
     if h.shape != c.shape:
         raise ValueError(f"Expected correct of shape {c.shape} (one per confidence), got shape {h.shape}.")
-    if h.dtype != bool:
-        if h.dtype.kind not in "iu":
-            raise TypeError(f"Expected correct as booleans (or 0/1 integers), got dtype {h.dtype}.")
-        if not np.isin(h, (0, 1)).all():
-            raise ValueError(f"Expected correct as booleans (or 0/1 integers), got values "
-                             f"{np.unique(h[~np.isin(h, (0, 1))])[:5].tolist()}.")
-        h = h.astype(bool)
+    h = check_binary(h, "correct")
     if not np.isfinite(c).all():
         raise ValueError(f"Expected finite confidence, got {int((~np.isfinite(c)).sum())} NaN/inf entries.")
     return c, h

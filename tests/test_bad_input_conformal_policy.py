@@ -169,7 +169,7 @@ def _cases():
     add("mondrian-fit-object-groups", lambda: MondrianConformal(condition="group").fit(P, Y, groups=G.astype(object)),
         TypeError, r"Expected groups as integers or strings, got dtype object")
     add("mondrian-fit-groups-length", lambda: MondrianConformal(condition="group").fit(P, Y, groups=G[:10]),
-        ValueError, r"Expected groups of shape \(600,\)")
+        ValueError, r"Expected groups of length 600 \(one per row of probs\)")
     add("mondrian-fit-groups-none", lambda: MondrianConformal(condition="group").fit(P, Y), ValueError,
         r"Expected groups of shape \(n_samples,\) for condition='group', got None")
     add("crc-fit-multilabel-int", lambda: ConformalRiskControl().fit(P, one_hot.astype(int)), ValueError,
@@ -529,7 +529,7 @@ def _cases():
     add("coverage-labels-range", lambda: sm.coverage(sets, np.r_[YT[:-1], 4]), ValueError,
         r"Expected labels in \[0, 3\] for 4 classes, got maximum 4")
     add("coverage-float-sets", lambda: sm.coverage(sets * 0.3, YT), TypeError,
-        r"Expected sets as a boolean array \(or 0/1 integers\), got dtype float64")
+        r"Expected sets as booleans \(or 0/1 integers\), got dtype float64")
     add("set-sizes-1d", lambda: sm.mean_set_size(sets[:, 0]), ValueError,
         r"Expected sets of shape \(n_samples, n_classes\)")
     add("class-coverage-n_classes", lambda: sm.class_conditional_coverage(sets, YT, n_classes=7), ValueError,

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from calib._validation import as_array, check_choice
+from calib._validation import check_choice, check_group_ids
 from calib.base import StateError, state_array
 from calib.conformal.quantile import _rank, conformal_quantile, conformal_rank
 from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone
@@ -236,17 +236,12 @@ def check_groups(groups, n, name="groups"):
             f"Expected {name} of shape (n_samples,) for condition='group', got None; the data file "
             "needs a 'groups' array (or use condition='class')."
         )
-    g = as_array(groups, name)
-    if g.dtype == object or g.dtype.kind not in "biufUS":
-        raise TypeError(f"Expected {name} as integers or strings, got dtype {g.dtype}.")
-    if g.shape != (n,):
-        raise ValueError(f"Expected {name} of shape ({n},) (one per row of probs), got {g.shape}.")
-    if g.dtype.kind == "f" and not np.isfinite(g).all():
-        bad = int((~np.isfinite(g)).sum())
-        raise ValueError(f"Expected finite {name}, got {bad} NaN/inf entries (first rows: "
-                         f"{np.flatnonzero(~np.isfinite(g))[:5].tolist()}); a NaN group matches no row at predict "
-                         "time.")
-    return g
+    try:
+        return check_group_ids(groups, n, name, length_of="probs")
+    except ValueError as err:
+        if "NaN" not in str(err):
+            raise
+        raise ValueError(f"{err} A NaN group matches no row at predict time.") from None
 
 
 def _state_groups(g, owner):

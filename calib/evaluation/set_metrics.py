@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib._validation import as_array, check_fraction, check_labels
+from calib._validation import as_array, check_binary, check_fraction, check_group_ids, check_labels
 
 __all__ = ["coverage", "set_sizes", "mean_set_size", "median_set_size", "size_histogram", "empty_rate",
            "singleton_rate", "size_stratified_coverage", "class_conditional_coverage", "class_coverage_summary",
@@ -21,14 +21,7 @@ def check_sets(sets, name="sets"):
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] < 2:
         raise ValueError(f"Expected {name} of shape (n_samples, n_classes) with n >= 1 and k >= 2, got shape "
                          f"{s.shape}.")
-    if s.dtype != bool:
-        if s.dtype.kind not in "iu":
-            raise TypeError(f"Expected {name} as a boolean array (or 0/1 integers), got dtype {s.dtype}.")
-        if not np.isin(s, (0, 1)).all():
-            raise ValueError(f"Expected {name} as a boolean array (or 0/1 integers), got values "
-                             f"{np.unique(s[~np.isin(s, (0, 1))])[:5].tolist()}.")
-        s = s.astype(bool)
-    return s
+    return check_binary(s, name)
 
 
 def _sets_labels(sets, labels):
@@ -38,15 +31,8 @@ def _sets_labels(sets, labels):
 
 
 def check_groups(groups, n, name="groups", length_of="sets"):
-    """Group ids (n,): integers, strings, booleans or finite floats (NaN is no group), never objects."""
-    g = as_array(groups, name)
-    if g.dtype == object or g.dtype.kind not in "biufUS":
-        raise TypeError(f"Expected {name} as integers or strings, got dtype {g.dtype}.")
-    if g.shape != (n,):
-        raise ValueError(f"Expected {name} of length {n} (one per row of {length_of}), got shape {g.shape}.")
-    if g.dtype.kind == "f" and not np.isfinite(g).all():
-        raise ValueError(f"Expected finite {name}, got {int((~np.isfinite(g)).sum())} NaN/inf entries.")
-    return g
+    """Group ids (n,): integers, strings, booleans or finite floats, never objects."""
+    return check_group_ids(groups, n, name, length_of)
 
 
 def _hits(sets, labels):
