@@ -269,8 +269,19 @@ def _publish(tmp, path, overwrite):
     # No exchange on this system: two renames; the old artifact waits beside the path until the new one is
     # in place, and a save that finds it there after a crash restores it (_clean_stale).
     old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "old"), dir=path.parent))
-    os.replace(path, old / path.name)
-    os.replace(tmp, path)
+    try:
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    except (FileNotFoundError, OSError) as err:
+        if isinstance(err, FileNotFoundError) or err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            if not path.exists() and (old / path.name).is_dir():
+                os.replace(old / path.name, path)  # put ours back: the path is never left empty by this save
+            shutil.rmtree(old, ignore_errors=True)
+            raise FileExistsError(
+                f"Another save replaced {str(path)!r} at the same moment (this system has no atomic exchange "
+                "rename); nothing of this save was kept: retry."
+            ) from None
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -280,9 +291,12 @@ def _check_destination(path, overwrite):
     if not overwrite:
         raise FileExistsError(f"Artifact folder {str(path)!r} exists; pass overwrite=True to replace it.")
     if path.is_symlink() or not path.is_dir() or not _is_artifact(path):
+        what = ("a symlink" if path.is_symlink() else "a folder that is not an artifact" if path.is_dir()
+                else "a file" if path.exists() else None)
+        if what is None:
+            return  # gone since the first check (a concurrent save): nothing to protect
         raise FileExistsError(
-            f"Refusing to overwrite {str(path)!r}: expected an artifact folder (with a calib {MANIFEST}), got "
-            f"{'a symlink' if path.is_symlink() else 'a file' if not path.is_dir() else 'a folder that is not an artifact'}."
+            f"Refusing to overwrite {str(path)!r}: expected an artifact folder (with a calib {MANIFEST}), got {what}."
         )
 
 
@@ -399,6 +413,10 @@ def read_manifest(path, *, max_bytes=None):
     """
     path = Path(path)
     cap = _check_cap(max_bytes)
+    return _retry_if_replaced(path, lambda: _read_manifest(path, cap))
+
+
+def _read_manifest(path, cap):
     mpath = path / MANIFEST
     if not path.is_dir():
         raise ArtifactNotFoundError(f"Expected an artifact folder with {MANIFEST}, got {str(path)!r} without one "
@@ -478,12 +496,23 @@ def _array_specs(entry, where):
     return specs
 
 
-def _read_members(npz_path, wanted, cap):
+def _read_members(npz_path, wanted, cap, digest):
     """Read only the ``wanted`` members ``{member: (dtype, shape)}`` of ``npz_path``, each header checked
-    against its declaration and its byte count before any data are read, the total capped at ``cap``."""
+    against its declaration and its byte count before any data are read, the total capped at ``cap``.
+
+    The file is read once into memory (its size was capped by :func:`read_manifest`) and its sha256 checked
+    against ``digest`` from the manifest on those very bytes, so the arrays always belong to that manifest.
+    """
     where = str(npz_path)
     try:
-        zf = zipfile.ZipFile(npz_path)
+        with open(npz_path, "rb") as fh:
+            data = fh.read(cap + 1)
+    except OSError as err:
+        raise ArtifactError(f"Artifact file {ARRAYS!r} listed in the manifest is missing or unreadable: {err}") from None
+    if len(data) > cap or hashlib.sha256(data).hexdigest() != digest:
+        raise ArtifactError(f"Checksum mismatch for {ARRAYS!r} at {where!r}: it changed after its manifest was read.")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError) as err:
         raise ArtifactError(f"Expected {ARRAYS} as a zip of .npy members, got an unreadable file {where!r}: {err}") from None
     out, total = {}, 0
@@ -524,16 +553,44 @@ def _read_members(npz_path, wanted, cap):
     return out
 
 
+def _retry_if_replaced(path, read):
+    """``read()``, again when it failed because a concurrent save replaced the folder at ``path`` meanwhile
+    (its inode changed): a reader then sees one whole artifact, the old or the new, never a mix."""
+    for _ in range(5):
+        before = _inode(path)
+        try:
+            return read()
+        except (ArtifactError, OSError) as err:
+            if before is None or _inode(path) == before:
+                if isinstance(err, ArtifactError):
+                    raise
+                raise ArtifactError(f"Could not read the artifact at {str(path)!r}: {err}") from err
+    raise ArtifactError(f"{str(path)!r} was replaced by concurrent saves 5 times while being read; retry later.")
+
+
+def _inode(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def load_pipeline(path, *, max_bytes=None):
     """Load every component stored in an artifact folder: ``{"calibrator": ..., "conformal": ..., ...}``.
 
     The folder is untrusted input (see the module docstring). ``max_bytes`` (default
     :data:`MAX_LOAD_BYTES`, 1 GiB) caps what is decompressed. Raises :class:`ArtifactError` (a
     ``ValueError``) for a corrupted, tampered, oversized or unsupported artifact, naming the file and field,
-    and ``FileNotFoundError`` for a missing folder.
+    and ``FileNotFoundError`` for a missing folder. A folder replaced by a concurrent save while it is read
+    is read again.
     """
     path = Path(path)
     cap = _check_cap(max_bytes)
+    return _retry_if_replaced(path, lambda: _load_pipeline(path, cap))
+
+
+def _load_pipeline(path, cap):
     manifest = read_manifest(path, max_bytes=cap)
     mfile = str(path / MANIFEST)
     components = manifest.get("components")
@@ -550,7 +607,7 @@ def load_pipeline(path, *, max_bytes=None):
                                 f"got {entry!r:.200}.")
         specs[name] = _array_specs(entry, f"components.{name}")
         wanted.update({f"{name}.{key}": spec for key, spec in specs[name].items()})
-    stored = _read_members(path / ARRAYS, wanted, cap)
+    stored = _read_members(path / ARRAYS, wanted, cap, manifest["files"][ARRAYS])
     n_classes = manifest.get("n_classes")
     class_names = manifest.get("class_names")
     if class_names is not None and (not isinstance(class_names, list) or len(class_names) != n_classes

@@ -231,6 +231,38 @@ def test_concurrent_exclusive_saves_one_wins(tmp_path, ident):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "fallback"])
+def test_concurrent_overwrites_all_land_and_leave_one_whole_artifact(tmp_path, ident, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(artifacts, "_renameat2", lambda *a: False)
+    path = save_artifact(ident, tmp_path / "art", metrics={"who": -1})
+    barrier, errors = threading.Barrier(6), []
+
+    def save(i):
+        barrier.wait()
+        for _ in range(5):
+            try:
+                save_artifact(ident, path, overwrite=True, metrics={"who": i})
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(err))
+            try:
+                artifacts.read_manifest(path)  # readers between saves always find a whole artifact
+            except Exception as err:  # noqa: BLE001
+                errors.append("reader: " + repr(err))
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    if exchange:
+        assert errors == []
+    else:  # two renames: a concurrent overwrite is refused loudly, and a reader may find the path empty for an
+        # instant (documented: only renameat2's exchange makes concurrent replacement seamless)
+        assert all(e.startswith(("FileExistsError", "reader: Artifact")) for e in errors), errors
+    assert read_manifest(path)["metrics"]["who"] in range(6)
+    assert type(load_pipeline(path)["calibrator"]) is IdentityCalibrator
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
 def test_exclusive_save_without_renameat2_still_refuses_a_folder_created_meanwhile(tmp_path, ident, monkeypatch):
     monkeypatch.setattr(artifacts, "_renameat2", lambda *a: False)
     path = tmp_path / "art"
