@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 
+from calib._validation import check_binary, check_fraction, check_labels
 from calib.conformal.quantile import conformal_rank
 from calib.plotting import axes
 
@@ -20,10 +21,19 @@ __all__ = ["CoverageCurveData", "prepare_coverage_curve", "plot_coverage_curve",
 _SIZE = (5, 4)
 
 
+def _sets(sets, name="sets"):
+    s = check_binary(sets, name)
+    if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] < 2:
+        raise ValueError(f"Expected {name} of shape (n_samples, n_classes) with n >= 1 and k >= 2, got shape "
+                         f"{s.shape}.")
+    return s
+
+
 def _hits(sets, labels):
     """Whether each row's label is in its set (bool (n,))."""
-    sets = np.asarray(sets, dtype=bool)
-    return sets[np.arange(sets.shape[0]), np.asarray(labels)]
+    sets = _sets(sets)
+    labels = check_labels(labels, n_samples=sets.shape[0], n_classes=sets.shape[1], rows_of="sets")
+    return sets[np.arange(sets.shape[0]), labels]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +102,7 @@ def prepare_set_sizes(sets) -> SetSizeData:
     >>> prepare_set_sizes(np.array([[True, False], [True, True]])).histogram.tolist()
     [0, 1, 1]
     """
-    sets = np.asarray(sets, dtype=bool)
+    sets = _sets(sets)
     return SetSizeData(np.bincount(sets.sum(axis=1, dtype=np.int64), minlength=sets.shape[1] + 1))
 
 
@@ -124,11 +134,12 @@ def prepare_class_coverage(sets, labels, alpha) -> ClassCoverageData:
     ...                        0.1).coverage.tolist()
     [0.5, 1.0]
     """
-    sets = np.asarray(sets, dtype=bool)
-    labels = np.asarray(labels)
-    k = sets.shape[1]
+    alpha = check_fraction(alpha, "alpha")
+    hits = _hits(sets, labels)
+    labels = np.asarray(labels).astype(np.int64)
+    k = np.shape(sets)[1]
     counts = np.bincount(labels, minlength=k).astype(np.float64)
-    covered = np.bincount(labels, weights=_hits(sets, labels), minlength=k)
+    covered = np.bincount(labels, weights=hits, minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         cc = np.where(counts > 0, covered / np.maximum(counts, 1), np.nan)
     return ClassCoverageData(np.sort(cc[~np.isnan(cc)]), alpha)

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from calib._validation import check_fraction, check_positive_int
 from calib.plotting import axes
 from calib.selective import risk_coverage_curve
 
@@ -34,8 +35,13 @@ def prepare_risk_coverage(confidence, correct, *, threshold=None, target_risk=No
     (0.3333333333333333, 0.0)
     """
     rc = risk_coverage_curve(confidence, correct)
+    if target_risk is not None:
+        target_risk = check_fraction(target_risk, "target_risk", inclusive=True)
     cov = risk = None
     if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+                or not np.isfinite(threshold):
+            raise ValueError(f"Expected threshold as a finite number, got {threshold!r}.")
         c = np.asarray(confidence, dtype=np.float64)
         answered = c >= threshold
         cov = float(answered.mean())
@@ -76,6 +82,7 @@ def prepare_completion_frontier(confidence, correct, *, human_accuracy, point=No
     >>> d.escalation_rate.tolist(), d.completion_rate.tolist()
     ([1.0, 0.5, 0.0], [1.0, 1.0, 0.5])
     """
+    human_accuracy = check_fraction(human_accuracy, "human_accuracy", inclusive=True)
     rc = risk_coverage_curve(confidence, correct)
     n = rc.errors.size
     i = np.arange(n + 1, dtype=np.float64)
@@ -114,6 +121,9 @@ def prepare_slices(table, *, target=None, top=20) -> SliceData:
     >>> d.names, d.flagged.tolist()
     (('class=3',), [True])
     """
+    top = check_positive_int(top, "top")
+    if target is not None:
+        target = check_fraction(target, "target", inclusive=True)
     rows = list(table)[:top]
     return SliceData(tuple(f"{r['slice_type']}={r['slice']}" for r in rows),
                      np.array([r["silent_failure_rate"] for r in rows], dtype=np.float64),
