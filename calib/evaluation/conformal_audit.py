@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from calib._validation import check_fraction, check_positive_int
 from calib.conformal.quantile import conformal_rank
 from calib.conformal.risk_control import ConformalRiskControl, risk_control_threshold
 
@@ -79,6 +80,14 @@ def coverage_count_pmf(cal_sizes, test_sizes, alpha):
     """
     from scipy import stats
 
+    alpha = check_fraction(alpha, "alpha")
+    cal_sizes, test_sizes = np.atleast_1d(cal_sizes), np.atleast_1d(test_sizes)
+    if cal_sizes.shape != test_sizes.shape or cal_sizes.ndim != 1:
+        raise ValueError(f"Expected cal_sizes and test_sizes of the same length (one per stratum), got shapes "
+                         f"{cal_sizes.shape} and {test_sizes.shape}.")
+    for name, sizes, lo in (("cal_sizes", cal_sizes, 1), ("test_sizes", test_sizes, 0)):
+        if sizes.dtype.kind not in "iu" or (sizes.size and sizes.min() < lo):
+            raise ValueError(f"Expected {name} as integers >= {lo}, got {sizes.tolist()[:5]}.")
     pmf = np.ones(1)
     for n_s, m_s in zip(cal_sizes, test_sizes):
         n_s, m_s = int(n_s), int(m_s)
@@ -117,6 +126,9 @@ def audit_predictor(predictor, probs, labels, *, alphas=(0.1,), n_splits=500, ca
     from scipy import stats
 
     t0 = time.perf_counter()
+    n_splits = check_positive_int(n_splits, "n_splits")
+    cal_fraction = check_fraction(cal_fraction, "cal_fraction")
+    level = check_fraction(level, "level")
     p = np.asarray(probs)
     y = np.asarray(labels)
     N = y.shape[0]

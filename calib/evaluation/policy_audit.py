@@ -50,6 +50,9 @@ def binomial_slack(n_splits, delta, level=0.99):
     """
     from scipy.stats import binom
 
+    n_splits = check_positive_int(n_splits, "n_splits")
+    delta = check_fraction(delta, "delta")
+    level = check_fraction(level, "level")
     return int(binom.ppf(level, n_splits, delta))
 
 

@@ -30,6 +30,11 @@ def shift_report(cal_logits, cal_labels, test_logits, test_labels, *, calibrator
     from calib.evaluation.routing import evaluate_routing
     from calib.evaluation.slices import holm_adjust
 
+    from calib._validation import check_fraction, check_positive_int
+
+    alpha = check_fraction(alpha, "alpha")
+    n_resamples = check_positive_int(n_resamples, "n_resamples")
+    check_positive_int(seed, "seed", minimum=0)
     calibrator.fit(cal_logits, cal_labels)
     pc, pt = calibrator.predict_proba(cal_logits), calibrator.predict_proba(test_logits)
     yc = np.asarray(cal_labels)

@@ -1,4 +1,4 @@
-"""The plotting layer's prepare_* functions refuse bad input with the shared message template (they are
+"""The plotting layer's prepare_* functions and the audit and report helpers refuse bad input with the shared
 public: notebooks call them directly)."""
 
 from __future__ import annotations
@@ -53,3 +53,36 @@ def test_int_sets_and_labels_give_the_bool_result():
     a = C.prepare_class_coverage(sets, labels, 0.1)
     b = C.prepare_class_coverage(sets.astype(bool), labels.astype(np.float64), 0.1)
     assert a.coverage.tolist() == b.coverage.tolist() == [0.5, 1.0, 1.0]  # class 2: 1 of 2 rows covered
+
+
+def _audit_cases():
+    from calib.calibrators import TemperatureScaling, softmax
+    from calib.conformal import SplitConformal
+    from calib.evaluation import conformal_audit as CA, policy_audit as PA, shift_report as SR
+    from calib.policy import RiskControlPolicy
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(400, 3)) * 2).astype(np.float32)
+    y = np.argmax(x + rng.gumbel(size=x.shape), 1)
+    p = softmax(x)
+    lac = SplitConformal(score="lac")
+    return [
+        ("pmf-alpha", lambda: CA.coverage_count_pmf([10], [10], 2.0), ValueError, r"alpha in \(0, 1\)"),
+        ("pmf-sizes", lambda: CA.coverage_count_pmf([-1], [10], 0.1), ValueError, r"cal_sizes as integers >= 1"),
+        ("pmf-lengths", lambda: CA.coverage_count_pmf([5, 6], [10], 0.1), ValueError, r"same length"),
+        ("audit-splits", lambda: CA.audit_predictor(lac, p, y, n_splits=0), ValueError, r"n_splits >= 1"),
+        ("audit-cal-fraction", lambda: CA.audit_predictor(lac, p, y, n_splits=5, cal_fraction=1.5), ValueError,
+         r"cal_fraction in \(0, 1\)"),
+        ("slack-delta", lambda: PA.binomial_slack(10, 2.0), ValueError, r"delta in \(0, 1\)"),
+        ("slack-n", lambda: PA.binomial_slack(0, 0.1), ValueError, r"n_splits >= 1"),
+        ("shift-alpha", lambda: SR.shift_report(x[:200], y[:200], x[200:], y[200:], calibrator=TemperatureScaling(),
+                                                policy=RiskControlPolicy(target_risk=0.3), alpha=2),
+         ValueError, r"alpha in \(0, 1\)"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_audit_and_report_helpers_refuse_bad_input(i):
+    case, call, err, match = _audit_cases()[i]
+    with pytest.raises(err, match=match):
+        call()
