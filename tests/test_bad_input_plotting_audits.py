@@ -1,5 +1,5 @@
 """The plotting layer's prepare_* functions and the audit and report helpers refuse bad input with the shared
-public: notebooks call them directly)."""
+message template (they are public: notebooks call them directly)."""
 
 from __future__ import annotations
 
