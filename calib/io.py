@@ -62,27 +62,6 @@ def _num(value):
     return v
 
 
-def _check_label_range(values, name, n, k):
-    """Out-of-range labels reported with their actual value.
-
-    ``check_labels`` casts to int64 before the range check, so a float label such as 1e20 (or a uint64
-    above 2**63) would be reported as a wrapped, wrong number; this check runs first on the original values.
-    Shapes, NaN and fractional values are left to ``check_labels``.
-    """
-    a = as_array(values, name)
-    if a.ndim == 2 and a.shape[1:] == (1,):
-        a = a[:, 0]
-    if a.shape != (n,) or a.size == 0 or a.dtype.kind not in "fu":
-        return
-    if a.dtype.kind == "f" and (not np.isfinite(a).all() or (a != np.round(a)).any()):
-        return
-    hi, lo = a.max(), a.min()
-    if hi > k - 1:
-        raise ValueError(f"Expected {name} in [0, {k - 1}] for {k} classes, got maximum {_num(hi)!r}.")
-    if lo < 0:
-        raise ValueError(f"Expected {name} >= 0, got minimum {_num(lo)!r}.")
-
-
 def _check_groups(groups, n):
     groups = as_array(groups, "groups")
     if groups.shape != (n,):
@@ -136,7 +115,6 @@ class LogitsData:
     def __post_init__(self):
         logits = check_logits(self.logits, "logits")
         n, k = logits.shape
-        _check_label_range(self.labels, "labels", n, k)
         labels = check_labels(self.labels, "labels", n_samples=n, n_classes=k)
         object.__setattr__(self, "logits", logits)
         object.__setattr__(self, "labels", labels)
@@ -170,7 +148,6 @@ class LogitsData:
         extras = {}
         for key, arr in self.extras.items():
             if key in PER_ROW_KEYS:
-                _check_label_range(arr, key, n, k)
                 arr = check_labels(arr, key, n_samples=n, n_classes=k)
             elif np.shape(arr)[:1] != (n,):
                 raise ValueError(f"Expected extra array {key!r} with {n} rows (one per row), got shape {np.shape(arr)}.")
