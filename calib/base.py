@@ -18,7 +18,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["Component", "NotFittedError", "StateError", "ConvergenceWarning", "FitError", "constructor_params", "state_scalar", "state_array"]
+__all__ = ["Component", "NotFittedError", "StateError", "ConvergenceWarning", "FitError", "constructor_params",
+           "state_scalar", "state_array", "state_error"]
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -147,8 +148,13 @@ def _jsonable(value):
 _MISSING = object()
 
 
-def _field_error(owner, key, expected, got):
-    who = getattr(owner, "__name__", owner) if owner is not None else "component"
+def state_error(owner, key, expected, got):
+    """A :class:`StateError` in the one template: "Expected state field <key> of <owner> <expected>, got <got>."
+    (``owner``: a class, an instance or None), for checks :func:`state_scalar` / :func:`state_array` cannot express."""
+    if owner is None:
+        who = "component"
+    else:
+        who = owner.__name__ if isinstance(owner, type) else type(owner).__name__
     return StateError(f"Expected state field {key!r} of {who} {expected}, got {got}.")
 
 
@@ -164,32 +170,32 @@ def state_scalar(state, key, type_=float, *, minimum=None, maximum=None, exclusi
     if key not in state:
         if default is not _MISSING:
             return default
-        raise _field_error(owner, key, "to be present", "a state without it")
+        raise state_error(owner, key, "to be present", "a state without it")
     value = state.pop(key)
     if type_ is bool:
         if not isinstance(value, bool):
-            raise _field_error(owner, key, "as true/false", f"{type(value).__name__} {value!r}")
+            raise state_error(owner, key, "as true/false", f"{type(value).__name__} {value!r}")
         return value
     if type_ is str:
         if not isinstance(value, str):
-            raise _field_error(owner, key, "as a string", f"{type(value).__name__} {value!r}")
+            raise state_error(owner, key, "as a string", f"{type(value).__name__} {value!r}")
     elif type_ is int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             if not (isinstance(value, float) and value.is_integer()):
-                raise _field_error(owner, key, "as an integer", f"{type(value).__name__} {value!r}")
+                raise state_error(owner, key, "as an integer", f"{type(value).__name__} {value!r}")
         value = int(value)
     else:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise _field_error(owner, key, "as a real number", f"{type(value).__name__} {value!r}")
+            raise state_error(owner, key, "as a real number", f"{type(value).__name__} {value!r}")
         value = float(value)
         if not math.isfinite(value):
-            raise _field_error(owner, key, "finite", repr(value))
+            raise state_error(owner, key, "finite", repr(value))
     if choices is not None and value not in choices:
-        raise _field_error(owner, key, f"in {sorted(choices)}", repr(value))
+        raise state_error(owner, key, f"in {sorted(choices)}", repr(value))
     if minimum is not None and (value < minimum or (exclusive and value == minimum)):
-        raise _field_error(owner, key, f"{'>' if exclusive else '>='} {minimum}", repr(value))
+        raise state_error(owner, key, f"{'>' if exclusive else '>='} {minimum}", repr(value))
     if maximum is not None and (value > maximum or (exclusive and value == maximum)):
-        raise _field_error(owner, key, f"{'<' if exclusive else '<='} {maximum}", repr(value))
+        raise state_error(owner, key, f"{'<' if exclusive else '<='} {maximum}", repr(value))
     return value
 
 
@@ -205,35 +211,35 @@ def state_array(arrays, key, *, shape=None, kind="f", finite=True, minimum=None,
     if key not in arrays:
         if default is not _MISSING:
             return default
-        raise _field_error(owner, key, "(an array) to be present", "a state without it")
+        raise state_error(owner, key, "(an array) to be present", "a state without it")
     a = arrays.pop(key)
     a = np.asarray(a)
     allowed = {"b": "b", "f": "biuf", "i": "biu", "U": "U"}[kind]
     if a.dtype.kind not in allowed or a.dtype.hasobject:
         what = {"b": "bool", "i": "integer", "f": "real", "U": "string"}[kind]
-        raise _field_error(owner, key, f"as {'an' if what[0] in 'aeiou' else 'a'} {what} array", f"dtype {a.dtype}")
+        raise state_error(owner, key, f"as {'an' if what[0] in 'aeiou' else 'a'} {what} array", f"dtype {a.dtype}")
     if shape is not None:
         ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
         if not ok:
             want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-            raise _field_error(owner, key, f"of shape {want}", f"shape {a.shape}")
+            raise state_error(owner, key, f"of shape {want}", f"shape {a.shape}")
     if kind == "f":
         a = a.astype(np.float64)
         if finite:
             bad = np.isnan(a) if finite == "allow_inf" else ~np.isfinite(a)
             if bad.any():
-                raise _field_error(owner, key, "finite" if finite is True else "without NaN",
+                raise state_error(owner, key, "finite" if finite is True else "without NaN",
                                    f"{int(bad.sum())} non-finite entries")
     elif kind == "i":
         a = a.astype(np.int64)
     if a.size and kind in "fi":
         if minimum is not None and a.min() < minimum:
-            raise _field_error(owner, key, f"with entries >= {minimum}", f"a minimum of {a.min()!r}")
+            raise state_error(owner, key, f"with entries >= {minimum}", f"a minimum of {a.min()!r}")
         if maximum is not None and a.max() > maximum:
-            raise _field_error(owner, key, f"with entries <= {maximum}", f"a maximum of {a.max()!r}")
+            raise state_error(owner, key, f"with entries <= {maximum}", f"a maximum of {a.max()!r}")
         if increasing and a.shape[-1] > 1:
             d = np.diff(a, axis=-1)
             if (d <= 0).any() if increasing == "strict" else (d < 0).any():
-                raise _field_error(owner, key, f"{'strictly ' if increasing == 'strict' else ''}increasing",
+                raise state_error(owner, key, f"{'strictly ' if increasing == 'strict' else ''}increasing",
                                    "values out of order")
     return a

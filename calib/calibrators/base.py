@@ -12,7 +12,7 @@ import numpy as np
 
 from calib import _chunks as chunking
 from calib._validation import check_logits, check_logits_labels, warn_if_probabilities
-from calib.base import Component, NotFittedError, StateError, constructor_params
+from calib.base import Component, NotFittedError, constructor_params, state_error  # noqa: F401  (state_error re-exported)
 
 __all__ = ["Calibrator", "NotFittedError", "softmax", "constructor_params", "state_error", "check_option"]
 
@@ -25,13 +25,6 @@ def check_option(value, name, options):
     if value not in options:
         raise ValueError(f"Expected {name} as one of {list(options)}, got {value!r:.80}.")
     return value
-
-
-def state_error(owner, key, expected, got):
-    """A :class:`calib.base.StateError` in the template of :func:`calib.base.state_scalar`: "Expected state
-    field <key> of <owner> <expected>, got <got>." (for checks the two helpers cannot express)."""
-    who = getattr(owner, "__name__", type(owner).__name__)
-    return StateError(f"Expected state field {key!r} of {who} {expected}, got {got}.")
 
 
 def softmax(logits, *, beta=1.0):
