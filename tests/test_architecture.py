@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "calib"
 LAYERS = {
     "calib._validation": 0, "calib._chunks": 0, "calib._json": 0, "calib._atomic": 0, "calib._moved": 0,
     "calib.base": 0,
-    "calib.io": 1, "calib.datasets": 1, "calib.metrics": 1, "calib.selective": 1,
+    "calib.io": 1, "calib.datasets": 1, "calib.metrics": 1, "calib.selective": 1, "calib.stats": 1,
     "calib.calibrators": 2, "calib.conformal": 2, "calib.policy": 2, "calib.shift": 2,
     "calib.artifacts": 3,
     "calib.plotting": 4,

@@ -16,32 +16,9 @@ from calib._validation import as_array, check_fraction, check_positive_int, chec
 from calib.evaluation.product_metrics import check_actions
 from calib.evaluation.set_metrics import check_groups
 from calib.metrics import _bin_index
+from calib.stats import holm_adjust  # noqa: F401  (re-export: its home is calib.stats)
 
 __all__ = ["holm_adjust", "silent_failure_slices"]
-
-
-def holm_adjust(pvalues):
-    """Holm step-down adjusted p-values (monotone, capped at 1).
-
-    >>> holm_adjust(np.array([0.01, 0.04, 0.03])).round(3).tolist()
-    [0.03, 0.06, 0.06]
-    """
-    p = as_array(pvalues, "pvalues")
-    if p.dtype.kind not in "biuf" or p.dtype.kind == "b":
-        raise TypeError(f"Expected pvalues as real numbers in [0, 1], got dtype {p.dtype}.")
-    if p.ndim != 1:
-        raise ValueError(f"Expected pvalues of shape (m,), got shape {p.shape}.")
-    p = np.asarray(p, dtype=np.float64)
-    bad = ~((p >= 0) & (p <= 1))  # NaN fails both
-    if bad.any():
-        raise ValueError(f"Expected pvalues in [0, 1], got {int(bad.sum())} entries outside it or NaN "
-                         f"(e.g. {float(p[bad][0])!r}).")
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adj, 1.0)
-    return out
 
 
 def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=0.05, n_bins=15, class_names=None):
