@@ -82,7 +82,9 @@ def _base(method):
 def run_calib(method, pc, yc, pt, kw):
     from calib.conformal import SplitConformal
 
-    return SplitConformal(score=_base(method), alpha=0.1, randomized=RANDOMIZED[method], **kw).fit(pc, yc).predict_set(pt)
+    # never_empty=False: the peers leave randomised empty sets empty, so like is compared with like
+    return SplitConformal(score=_base(method), alpha=0.1, randomized=RANDOMIZED[method], never_empty=False,
+                          **kw).fit(pc, yc).predict_set(pt)
 
 
 def run_torchcp(method, pc, yc, pt, kw):

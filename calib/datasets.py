@@ -1,10 +1,11 @@
-"""Datasets by name: the embedded real logits set and a synthetic generator with a known temperature.
+"""Datasets by name: the embedded real logits sets and a synthetic generator with a known temperature.
 
-Embedded: ``c10lt_resnet110`` — held-out logits of a ResNet-110 trained on long-tailed CIFAR-10 by
-Jung et al. (ICML 2023, "Scaling of Class-wise Training Losses for Post-hoc Calibration",
-github.com/SeungjinJung/SCTL, MIT License). 10,216 long-tailed validation rows (``split == 0``) and the
-10,000 balanced CIFAR-10 test rows (``split == 1``): a real label-shift case. Attribution and license
-text: ``calib/data/README.md``.
+Embedded (:data:`BUILTIN`): ``c10lt_densenet40``, ``c10lt_resnet110`` (the default), ``c10lt_resnet110_sd`` and
+``c10lt_wrn28`` — held-out logits of four networks trained on long-tailed CIFAR-10 by Jung et al. (ICML 2023,
+"Scaling of Class-wise Training Losses for Post-hoc Calibration", github.com/SeungjinJung/SCTL, MIT License).
+Each has 10,216 long-tailed validation rows (``split == 0``) and the same 10,000 balanced CIFAR-10 test rows
+(``split == 1``): a real label-shift case, and four models on one test set (``experiments/compare.py``).
+Attribution and license text: ``calib/data/README.md`` and ``calib/data/LICENSE``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from calib.io import LogitsData, load_logits
 __all__ = ["BUILTIN", "load", "synthetic", "builtin_path"]
 
 #: name -> file inside ``calib/data``.
-BUILTIN = {"c10lt_resnet110": "c10lt_resnet110.npz"}
+BUILTIN = {"c10lt_densenet40": "c10lt_densenet40.npz", "c10lt_resnet110": "c10lt_resnet110.npz",
+           "c10lt_resnet110_sd": "c10lt_resnet110_sd.npz", "c10lt_wrn28": "c10lt_wrn28.npz"}
 
 
 def builtin_path(name):

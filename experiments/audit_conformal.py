@@ -3,9 +3,14 @@
     python experiments/audit_conformal.py                 # 500 splits, CIFAR-10 and CIFAR-100 ResNet-56
     python experiments/audit_conformal.py --quick         # 100 splits, CIFAR-10 only
     python experiments/audit_conformal.py --data cifar_chenyaofo/cifar100_vgg16_bn.npz --alphas 0.1 0.05
+    python experiments/audit_conformal.py --configs aps_rand raps_rand --draws fit   # the predictors' own draws
+    python experiments/audit_conformal.py --configs aps_default raps_default --n-splits 200   # never_empty defaults
 
 The per-split covered count follows BetaBinomial(m, r, n + 1 - r), r = ceil((n+1)(1-alpha)) (a sum of
 such laws per stratum for Mondrian); see calib/evaluation/conformal_audit.py for the derivation and the checks.
+Randomised scores get fresh uniforms on every split (--draws split: drawn by the audit; fit: every split
+refits the predictor, whose own draws come from its seed and the data; auto: fit for never_empty predictors).
+never_empty predictors (the *_default configs) are checked one-sided (law "at_least": coverage not below the law).
 Probabilities are softmax(logits) in float64 (validity does not need calibration). Mondrian-group uses
 groups = the confidence bin of max-probability (<0.9, <0.99, >=0.99), a function of x.
 Exit status 1 if any row fails.
@@ -31,7 +36,10 @@ def main(argv=None):
     ap.add_argument("--alphas", nargs="+", type=float, default=[0.1, 0.05])
     ap.add_argument("--cal-fraction", type=float, default=0.5)
     ap.add_argument("--configs", nargs="+", default=None,
-                    help="subset of calib.evaluation.conformal_audit.AUDIT_CONFIGS")
+                    help="subset of calib.evaluation.conformal_audit.AUDIT_CONFIGS (default: all of them) or "
+                         "DEFAULT_CONFIGS")
+    ap.add_argument("--draws", choices=["auto", "split", "fit", "seed_only"], default="auto",
+                    help="who draws the uniforms of randomised scores (see calib.evaluation.conformal_audit)")
     ap.add_argument("--level", type=float, default=0.999, help="two-sided level of the mean and KS checks")
     ap.add_argument("--quick", action="store_true", help="100 splits on the first data set only")
     ap.add_argument("--seed", type=int, default=0)
@@ -40,16 +48,17 @@ def main(argv=None):
     from calib import load_logits
     from calib.calibrators.base import softmax
     from calib.conformal import REGISTRY
-    from calib.evaluation.conformal_audit import AUDIT_CONFIGS, audit_predictor
+    from calib.evaluation.conformal_audit import AUDIT_CONFIGS, DEFAULT_CONFIGS, audit_predictor
 
     data = args.data or DEFAULT_DATA
     n_splits = args.n_splits
     if args.quick:
         data, n_splits = data[:1], min(n_splits, 100)
+    known = {**AUDIT_CONFIGS, **DEFAULT_CONFIGS}
     configs = args.configs or list(AUDIT_CONFIGS)
-    unknown = sorted(set(configs) - set(AUDIT_CONFIGS))
+    unknown = sorted(set(configs) - set(known))
     if unknown:
-        print(f"audit_conformal.py: Unknown --configs {unknown}; valid options: {sorted(AUDIT_CONFIGS)}.", file=sys.stderr)
+        print(f"audit_conformal.py: Unknown --configs {unknown}; valid options: {sorted(known)}.", file=sys.stderr)
         return 2
     paths = [Path(rel) if Path(rel).is_absolute() else SHARED / rel for rel in data]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -59,9 +68,10 @@ def main(argv=None):
         return 2
     t_all = time.perf_counter()
     rows = []
-    header = (f"{'data':28s} {'config':24s} {'alpha':>5s} {'n_cal':>5s} {'n_test':>6s} {'mean cov':>8s} "
-              f"{'exact E':>8s} {'band':>17s} {'±tol':>7s} {'KS p':>6s} {'ok':>3s} {'sec':>5s}")
-    print(f"{n_splits} random splits per row; law: BetaBinomial(m, r, n+1-r) per stratum; "
+    header = (f"{'data':28s} {'config':24s} {'alpha':>5s} {'n_cal':>5s} {'n_test':>6s} {'draws':>9s} {'law':>8s} "
+              f"{'mean cov':>8s} {'exact E':>8s} {'band':>17s} {'z':>6s} {'mean p':>7s} {'KS p':>6s} {'ok':>3s} "
+              f"{'sec':>5s}")
+    print(f"{n_splits} random splits per row; law: BetaBinomial(m, r, n+1-r) per stratum (at_least: one-sided); "
           f"checks at level {args.level}")
     print(header)
     print("-" * len(header))
@@ -75,17 +85,22 @@ def main(argv=None):
         probs = softmax(d.logits.astype(np.float64))
         groups = np.digitize(probs.max(axis=1), [0.9, 0.99])
         for name in configs:
-            kind, kw = AUDIT_CONFIGS[name]
+            kind, kw = known[name]
             t0 = time.perf_counter()
-            out = audit_predictor(REGISTRY[kind](**kw), probs, d.labels, alphas=args.alphas, n_splits=n_splits,
-                                  cal_fraction=args.cal_fraction, groups=groups, seed=args.seed, level=args.level,
-                                  data_name=Path(rel).stem, config_name=name)
+            try:
+                out = audit_predictor(REGISTRY[kind](**kw), probs, d.labels, alphas=args.alphas, n_splits=n_splits,
+                                      cal_fraction=args.cal_fraction, groups=groups, seed=args.seed, level=args.level,
+                                      data_name=Path(rel).stem, config_name=name, draws=args.draws)
+            except ValueError as err:
+                print(f"audit_conformal.py: config {name!r}: {err}", file=sys.stderr)
+                return 2
             dt = time.perf_counter() - t0
             for r in out:
                 rows.append(r)
-                print(f"{r.data:28s} {r.config:24s} {r.alpha:5.2f} {r.n_cal:5d} {r.n_test:6d} {r.mean_coverage:8.4f} "
-                      f"{r.expected:8.4f} [{r.band_low:.4f},{r.band_high:.4f}] {r.tolerance:7.4f} {r.ks_pvalue:6.3f} "
-                      f"{'yes' if r.ok else 'NO':>3s} {dt / len(out):5.2f}")
+                print(f"{r.data:28s} {r.config:24s} {r.alpha:5.2f} {r.n_cal:5d} {r.n_test:6d} {r.draws:>9s} "
+                      f"{r.law:>8s} {r.mean_coverage:8.4f} {r.expected:8.4f} [{r.band_low:.4f},{r.band_high:.4f}] "
+                      f"{r.z:+6.2f} {r.mean_pvalue:7.3f} {r.ks_pvalue:6.3f} {'yes' if r.ok else 'NO':>3s} "
+                      f"{dt / len(out):5.2f}")
     if not rows:
         print("audit_conformal.py: Expected audit rows, got none (nothing was audited).", file=sys.stderr)
         return 2

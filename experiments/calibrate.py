@@ -51,7 +51,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     cal, test = data.split_cal_test(cal_fraction=cfg.split.cal_fraction, seed=cfg.seed, resplit=cfg.split.resplit)
     log.info("[2/4] Data: %d calibration / %d test rows, %d classes", cal.n_samples, test.n_samples, data.n_classes)
     result = fit_and_evaluate(cal, test, calibrator, conformal=conformal, policy=policy, n_bins=cfg.eval.n_bins,
-                              n_bootstrap=cfg.eval.n_bootstrap, bootstrap_seed=cfg.eval.bootstrap_seed)
+                              n_bootstrap=cfg.eval.n_bootstrap, bootstrap_seed=cfg.eval.bootstrap_seed,
+                              calibration_bootstrap=cfg.eval.calibration_bootstrap,
+                              procedure_resamples=cfg.eval.procedure_resamples)
     fitted = time.perf_counter()
     log.info("[3/4] Fitted and evaluated in %.2f s", fitted - start)
     result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))

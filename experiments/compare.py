@@ -1,12 +1,16 @@
-"""Compare models that share one test set: accuracy, ECE and product metrics at the same policy targets.
+"""Compare models that share one test set at matched operating points, with paired intervals.
 
-    python experiments/compare.py                                   # 8 CIFAR-10 models, risk_control r=0.02, delta=0.1
-    python experiments/compare.py policies.risk_control.target_risk=0.01 hydra.run.dir=/tmp/cmp
+    python experiments/compare.py                      # the 4 embedded long-tailed CIFAR-10 models (no download)
+    python experiments/compare.py budgets=[0.1] target_risks=[0.02,0.05] reference=c10lt_wrn28 hydra.run.dir=/tmp/cmp
+    python experiments/compare.py data_dir=../shared/data/cifar_chenyaofo pattern='cifar10_*.npz' part=null
 
-Per file: temperature scaling (or ``calibrator``) fitted on ``split == 0``, every policy of ``policies``
-fitted on the calibrated calibration part and applied to ``split == 1``. Writes compare.json (every
-metric with its bootstrap CI), compare.md (the table) and compare.png (automation rate at the target
-vs accuracy, and the risk-coverage curves) into the Hydra run folder.
+Per model: temperature scaling (or ``calibrator``) fitted on the calibration part; then
+:func:`calib.evaluation.compare.compare_models`: every model at the escalation ``budgets`` (each escalates
+exactly that share of the test items, its least confident ones) and at the ``target_risks`` (its
+Learn-then-Test threshold), paired differences with procedure-level intervals; plus every policy of
+``policies`` fitted on the calibrated calibration part (CIs conditional on the fitted policy). Writes
+compare.json (everything, with intervals), compare.md (the tables; "n.d." = not distinguishable) and
+compare.png (the operating points at the matched budgets and the paired differences) into the Hydra run folder.
 """
 
 from __future__ import annotations
@@ -27,6 +31,28 @@ log = logging.getLogger("compare")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _datasets(cfg):
+    """(name, LogitsData) of the configured models, restricted to ``cfg.part`` when set."""
+    from calib import datasets, load_logits
+
+    if cfg.get("data_dir"):
+        items = ((path.stem, load_logits(path)) for path in _files(cfg))
+    else:
+        names = [cfg.builtin] if isinstance(cfg.builtin, str) else list(cfg.builtin or [])
+        if not names:
+            raise ValueError("Expected builtin as one or more names of calib.datasets.BUILTIN (or data_dir=...), "
+                             "got none.")
+        items = ((name, datasets.load(name)) for name in names)
+    part = cfg.get("part")
+    for name, data in items:
+        if part is not None:
+            if data.split is None or not (data.split == part).any():
+                raise ValueError(f"Expected rows with split == {part} in {name!r} (part={part}), got none; "
+                                 "set part=null to use every row with the data's own split.")
+            data = data.subset(data.split == part)
+        yield name, data
+
+
 def _files(cfg):
     root = Path(cfg.data_dir)
     root = root if root.is_absolute() else (REPO / root)
@@ -38,22 +64,28 @@ def _files(cfg):
 
 def compare(cfg: DictConfig) -> dict:
     """Evaluate every file of ``cfg``; return {"rows": [...], "curves": {...}}."""
-    from calib import load_logits
+    from omegaconf import OmegaConf
+
     from calib.evaluation.compare import compare_models
 
-    datasets = ((path.stem, load_logits(path)) for path in _files(cfg))
     policies = {name: (lambda node=node: instantiate(node)) for name, node in cfg.policies.items()}
-    return compare_models(datasets, lambda: instantiate(cfg.calibrator), policies, n_bins=cfg.n_bins,
-                          n_resamples=cfg.n_resamples, seed=cfg.seed)
+    lists = {key: list(cfg.get(key) or []) for key in ("budgets", "target_risks")}
+    costs = cfg.get("costs")
+    return compare_models(_datasets(cfg), lambda: instantiate(cfg.calibrator), policies, n_bins=cfg.n_bins,
+                          n_resamples=cfg.n_resamples, seed=cfg.seed, **lists, delta=cfg.get("delta", 0.1),
+                          family=cfg.get("family", "multi_start"),
+                          costs=None if costs is None else OmegaConf.to_container(costs),
+                          reference=cfg.get("reference"), paired_resamples=cfg.get("paired_resamples", 1000),
+                          resplit=cfg.get("part") is not None, cal_fraction=cfg.get("cal_fraction", 0.5))
 
 
 OUTPUTS = ("compare.json", "compare.md", "compare.png")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from calib.evaluation.compare import markdown_table
+    from calib.evaluation.compare import markdown_table, matched_markdown
     from calib.plotting import save_figure
-    from calib.plotting.routing import plot_comparison
+    from calib.plotting.routing import plot_comparison, plot_matched_comparison
 
     # A re-run into a used folder: no output of the previous run may stay beside this run's .hydra/ config,
     # even if this one fails.
@@ -67,15 +99,22 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise ValueError(f"Unknown table_policy {unknown}; valid options: {sorted(cfg.policies)}.")
     result = compare(cfg)
     calibrator = cfg.calibrator._target_.rsplit(".", 1)[-1]
-    table = "\n".join(markdown_table(result["rows"], name, target_risk=cfg.policies[name].get("target_risk"),
-                                     delta=cfg.policies[name].get("delta"), calibrator=calibrator,
-                                     n_bins=cfg.n_bins) for name in names)
-    name = names[0]
+    tables = "\n".join(markdown_table(result["rows"], name, target_risk=cfg.policies[name].get("target_risk"),
+                                      delta=cfg.policies[name].get("delta"), calibrator=calibrator,
+                                      n_bins=cfg.n_bins) for name in names)
+    matched = result.get("matched")
+    table = tables
+    if matched:
+        table = (matched_markdown(matched, accuracy={r["model"]: r["accuracy"] for r in result["rows"]})
+                 + "\nPer policy, each model at its own operating point:\n\n" + tables)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "compare.json", {"rows": result["rows"]})
+    write_json_atomic(out_dir / "compare.json", {"rows": result["rows"], "matched": matched})
     write_text_atomic(out_dir / "compare.md", table)
-    save_figure(plot_comparison(result, name, target_risk=cfg.policies[name].get("target_risk")),
-                out_dir / "compare.png")
+    if matched and matched["budgets"]:
+        fig = plot_matched_comparison(result)
+    else:
+        fig = plot_comparison(result, names[0], target_risk=cfg.policies[names[0]].get("target_risk"))
+    save_figure(fig, out_dir / "compare.png")
     print(table)
     return result
 

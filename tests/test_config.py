@@ -130,7 +130,7 @@ def test_unknown_or_mistyped_root_key_fails_before_any_work(compose):
         compose(["eval.n_bins=many"])
     with pytest.raises(ValueError, match=r"did you mean 'seed'\?\); valid root keys: \['calibrator'"):
         check_overrides(["calibrator=temperature", "sede=1"])
-    with pytest.raises(ValueError, match=r"valid keys of 'eval': \['bootstrap_seed', 'n_bins', 'n_bootstrap'"):
+    with pytest.raises(ValueError, match=r"valid keys of 'eval': \['bootstrap_seed', 'calibration_bootstrap', 'n_bins', 'n_bootstrap'"):
         check_overrides(["eval.n_bin=10"])
     check_overrides(["seed=3", "+calibrator.x=1", "hydra/launcher=joblib", "hydra.sweep.dir=x", "-m"])
     # `+key=` forces a key past Hydra's struct check; run() validates the root before loading data.

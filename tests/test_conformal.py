@@ -149,7 +149,7 @@ def test_aps_scores_quantile_and_sets_match_mapie(alpha):
     cal, te = slice(0, 2000), slice(2000, 4000)
     cs, _ = APSConformityScore.get_true_label_cumsum_proba(y[cal], P[cal], np.arange(10))
     np.testing.assert_allclose(aps_scores(P[cal], y[cal]), cs.ravel(), rtol=0, atol=1e-15)
-    ours = SplitConformal(score="aps", alpha=alpha).fit(P[cal], y[cal])
+    ours = SplitConformal(score="aps", alpha=alpha, randomized=False).fit(P[cal], y[cal])
     assert ours.qhat_ == pytest.approx(float(_compute_classification_quantile(cs, np.array([alpha]))[0]), abs=1e-15)
     sc = APSConformityScore()
     sc.classes, sc.random_state = np.arange(10), 0
@@ -220,9 +220,9 @@ def test_randomized_sets_reproducible_and_seed_dependent():
 def test_predict_set_is_score_below_qhat_and_lists_of_alpha_agree():
     p, y = _probs(3000, 12, seed=7)
     for score in ("lac", "aps", "raps", "saps", "topk"):
-        many = SplitConformal(score=score, alpha=[0.05, 0.2]).fit(p[:1500], y[:1500])
+        many = SplitConformal(score=score, alpha=[0.05, 0.2], never_empty=False).fit(p[:1500], y[:1500])
         for j, a in enumerate((0.05, 0.2)):
-            one = SplitConformal(score=score, alpha=a).fit(p[:1500], y[:1500])
+            one = SplitConformal(score=score, alpha=a, never_empty=False).fit(p[:1500], y[:1500])
             assert one.qhat_ == many.qhat_[j]
             sets = one.predict_set(p[1500:])
             np.testing.assert_array_equal(sets, many.predict_set(p[1500:])[:, :, j])
@@ -248,10 +248,10 @@ def test_raps_tuning_uses_held_out_rows():
 # --- Mondrian ---------------------------------------------------------------------------------------------------
 def test_mondrian_class_quantile_is_per_class_split_quantile():
     p, y = _probs(6000, 6, seed=10)
-    m = MondrianConformal(condition="class", score="aps", alpha=0.1).fit(p[:3000], y[:3000])
+    m = MondrianConformal(condition="class", score="aps", alpha=0.1, randomized=False).fit(p[:3000], y[:3000])
     for c in range(6):
         rows = y[:3000] == c
-        q = SplitConformal(score="aps", alpha=0.1).fit(p[:3000][rows], y[:3000][rows]).qhat_
+        q = SplitConformal(score="aps", alpha=0.1, randomized=False).fit(p[:3000][rows], y[:3000][rows]).qhat_
         assert m.qhat_[c] == q
     sets = m.predict_set(p[3000:])
     np.testing.assert_array_equal(sets, aps_scores(p[3000:]) <= m.qhat_[None, :])
@@ -307,7 +307,7 @@ def test_risk_control_fnr_matches_definition_on_a_grid():
 def test_pvalues_give_the_conformal_set():
     p, y = _probs(3000, 8, seed=14)
     for score in ("lac", "aps"):
-        cp = SplitConformal(score=score, alpha=0.1).fit(p[:1500], y[:1500])
+        cp = SplitConformal(score=score, alpha=0.1, randomized=False).fit(p[:1500], y[:1500])
         pv = class_pvalues(cp, p[:1500], y[:1500], p[1500:])
         np.testing.assert_array_equal(pv > 0.1, cp.predict_set(p[1500:]))
         sm = class_pvalues(cp, p[:1500], y[:1500], p[1500:], smoothed=True)
@@ -423,6 +423,7 @@ def test_conf_options_instantiate(option):
     from calib._hydra import instantiate
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "conformal" / f"{option}.yaml")
+    cfg = OmegaConf.create({"seed": 0, "conformal": cfg}).conformal  # its `seed: ${seed}` is the run's root seed
     assert cfg._target_.startswith("calib.conformal.")
     obj = instantiate(cfg)
     assert type(obj) in REGISTRY.values()

@@ -34,9 +34,9 @@ def load_torchcp():
 
 @pytest.mark.parametrize("name,ours,theirs", [
     ("lac", dict(score="lac"), ("LAC", {})),
-    ("aps", dict(score="aps"), ("APS", dict(randomized=False))),
-    ("raps", dict(score="raps", k_reg=3, lam=0.05), ("RAPS", dict(randomized=False, penalty=0.05, kreg=3))),
-    ("saps", dict(score="saps", weight=0.3), ("SAPS", dict(randomized=False, weight=0.3))),
+    ("aps", dict(score="aps", randomized=False), ("APS", dict(randomized=False))),
+    ("raps", dict(score="raps", k_reg=3, lam=0.05, randomized=False), ("RAPS", dict(randomized=False, penalty=0.05, kreg=3))),
+    ("saps", dict(score="saps", weight=0.3, randomized=False), ("SAPS", dict(randomized=False, weight=0.3))),
 ])
 def test_sets_identical_to_torchcp(name, ours, theirs):
     torch = pytest.importorskip("torch")

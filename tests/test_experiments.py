@@ -70,6 +70,16 @@ def _check_sweep_folders(sweep_dir):
     return runs
 
 
+def _n_interval_rows(section):
+    """Rows of results.csv for an interval section of metrics.json: its numeric scalars (level, n_resamples,
+    seed) and both ends of every [lo, hi] interval in its blocks (names lists are not numbers)."""
+    if not section:
+        return 0
+    scalars = sum(isinstance(v, (int, float)) and not isinstance(v, bool) for v in section.values())
+    ends = sum(len(iv) for v in section.values() if isinstance(v, dict) for iv in v.values() if iv is not None)
+    return scalars + ends
+
+
 def _check_aggregate(sweep_dir):
     aggregate = _module("aggregate")
     result = aggregate.aggregate(sweep_dir)
@@ -98,7 +108,8 @@ def _check_aggregate(sweep_dir):
             assert float(by_key[(run, "calibrator", "temperature")]["value"]) == metrics["calibrator"]["temperature"]
         run_rows = [r for r in rows if r["run"] == run]
         assert len(run_rows) == sum(len(metrics[s]) for s in BLOCK_METRICS) + len(
-            [v for v in metrics["calibrator"].values() if isinstance(v, float)]) + 3  # n_cal, n_test, n_classes
+            [v for v in metrics["calibrator"].values() if isinstance(v, float)]) + 3 + _n_interval_rows(
+            metrics.get("calibration_ci"))  # n_cal, n_test, n_classes; calibration_ci: scalars + interval ends
     assert n_checked == 4 * 2 * len(metrics["calibrated"])
     # Summary: mean ± sample std over the two seeds, recomputed here from the metrics.json files.
     summary = (sweep_dir / "summary.md").read_text()

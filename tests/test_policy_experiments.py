@@ -16,14 +16,16 @@ def test_compare_two_models_one_table(tmp_path):
     matplotlib.use("Agg")
     from hydra import compose, initialize_config_dir
 
-    shared_npz("cifar_chenyaofo/cifar10_resnet20.npz")
+    folder = shared_npz("cifar_chenyaofo/cifar10_resnet20.npz").parent
     sys.path.insert(0, str(REPO / "experiments"))
     try:
         import compare
     finally:
         sys.path.remove(str(REPO / "experiments"))
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="compare", overrides=["pattern='cifar10_resnet[25]*.npz'", "n_resamples=200"])
+        cfg = compose(config_name="compare", overrides=[f"data_dir={folder}", "part=null",
+                                                        "pattern='cifar10_resnet[25]*.npz'", "n_resamples=200",
+                                                        "paired_resamples=50"])
     result = compare.run(cfg, tmp_path)
     rows = result["rows"]
     assert [r["model"] for r in rows] == ["cifar10_resnet20", "cifar10_resnet56"]
@@ -33,7 +35,8 @@ def test_compare_two_models_one_table(tmp_path):
         assert r["policies"]["risk_control"]["guarantee"]["certified"]
         assert set(r["policies"]) == {"risk_control", "cost"}
     table = (tmp_path / "compare.md").read_text()
-    assert table.count("\n| cifar10_") == 4  # two models x two policy tables
+    # two models x (3 budget + 1 target-risk tables of the matched comparison + 2 policy tables)
+    assert table.count("\n| cifar10_") == 2 * (3 + 1 + 2)
     assert (tmp_path / "compare.png").is_file()
 
 

@@ -153,9 +153,11 @@ def _generic_edits():
 #: kind (one anyone could write for it): validation cannot tell them apart, only a signature could. Diagonal
 #: vector-scaling weights are a valid matrix-scaling (same function) or Dirichlet matrix; matrix-scaling
 #: (W, b) a valid Dirichlet (W, b); the two threshold-free policies store nothing but n_classes and the
-#: majority class. Tested below: such a swap loads as a valid object of the new kind, nothing else does.
+#: majority class (a cost policy relabelled conformal_routing loads with the empty_set default of old artifacts;
+#: the other way, cost refuses conformal_routing's empty_set parameter). Tested below: such a swap loads as a
+#: valid object of the new kind, nothing else does.
 STATE_COMPATIBLE = {("vector_scaling", "matrix_scaling"), ("vector_scaling", "dirichlet"),
-                    ("matrix_scaling", "dirichlet"), ("conformal_routing", "cost"), ("cost", "conformal_routing")}
+                    ("matrix_scaling", "dirichlet"), ("cost", "conformal_routing")}
 
 
 def _kind_swaps(compatible=False):

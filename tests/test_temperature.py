@@ -166,3 +166,27 @@ def test_netcal_float32_trap_is_real_and_avoided():
     assert float(np.ravel(n32.temperature)[0]) == 1.0
     netcal_t = 1 / float(np.ravel(n64.temperature)[0])  # netcal's .temperature holds 1 / T
     assert netcal_t == pytest.approx(TemperatureScaling().fit(cal.logits, cal.labels).temperature_, rel=1e-3)
+
+
+def test_float64_fit_converges_when_the_bracket_collapses():
+    """A float64 fit whose bracket around the root shrinks to adjacent floats has converged; it once raised
+    "optimum below T = 2.19" (an out-of-bounds diagnosis) at an interior optimum. The temperature is checked
+    against scipy's bounded scalar minimiser of the NLL (an independent optimiser)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    d = load_shared("cifar_netcal/cifar10_wrn16_4.npz")
+    z, y = d.logits, d.labels
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # the 13th subsample is the one that raised
+        rng.permutation(y.size)
+    idx = rng.permutation(y.size)[:2000]
+    z64, yy = z[idx].astype(np.float64), y[idx]
+    t = TemperatureScaling().fit(z64, yy).temperature_
+
+    def nll(log_t):
+        s = z64 / np.exp(log_t)
+        return float(np.mean(logsumexp(s, axis=1) - s[np.arange(yy.size), yy]))
+
+    ref = float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded", options={"xatol": 1e-10}).x))
+    assert t == pytest.approx(ref, rel=1e-6)

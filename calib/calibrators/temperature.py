@@ -245,6 +245,8 @@ def _halley(x, y, beta, lo, hi, *, tol, max_iter):
             else:
                 new = math.sqrt(lo * hi)
             if new == beta:
+                if lo_seen and hi_seen:  # the bracket around the root has shrunk to adjacent floats: converged
+                    return beta, {"nll_after": nll, "n_passes": it, "converged": True}
                 _raise_on_bound(beta, g)
         if abs(new - beta) <= tol * beta:
             # Second-order Taylor estimate: exact up to O(step^3), far below tol.

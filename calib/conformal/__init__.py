@@ -12,7 +12,8 @@ from calib.conformal.quantile import (conformal_quantile, conformal_rank, covera
 from calib.conformal.risk_control import ConformalRiskControl, risk_control_threshold
 from calib.conformal.scores import (APS, LAC, RAPS, SAPS, SCORES, CallableScore, Score, TopK, aps_scores, lac_scores,
                                    make_score, raps_scores, saps_scores, topk_scores)
-from calib.conformal.split import SplitConformal, check_alpha
+from calib.conformal.split import (EMPTY_WARN_RATE, FULL_WARN_RATE, SetSizeWarning, SplitConformal, check_alpha,
+                                   data_fingerprint)
 
 REGISTRY = {cls.kind: cls for cls in (SplitConformal, MondrianConformal, ConformalRiskControl)}
 
@@ -23,4 +24,5 @@ __all__ = ["REGISTRY", "LEGACY_KINDS", "SplitConformal", "MondrianConformal", "C
            "Score", "LAC", "APS", "RAPS", "SAPS", "TopK", "CallableScore", "make_score", "lac_scores",
            "aps_scores", "raps_scores", "saps_scores", "topk_scores", "conformal_quantile", "conformal_rank",
            "coverage_law", "expected_coverage_band", "min_calibration_size", "conformal_pvalues", "class_pvalues",
-           "risk_control_threshold", "check_alpha"]
+           "risk_control_threshold", "check_alpha", "SetSizeWarning", "EMPTY_WARN_RATE", "FULL_WARN_RATE",
+           "data_fingerprint"]

@@ -36,8 +36,9 @@ class MondrianConformal(ConformalBase):
     condition : {"class", "group"}, default="class"
     small_strata : {"full", "marginal", "error"}, default="full"
         Rule for strata with too few calibration rows (module docstring).
-    score, alpha, randomized, k_reg, lam, weight, seed :
-        As :class:`calib.conformal.SplitConformal`.
+    score, alpha, randomized, never_empty, k_reg, lam, weight, seed, fresh_draws :
+        As :class:`calib.conformal.SplitConformal` (randomised and never-empty by default for the rank
+        scores; ``never_empty`` keeps the per-stratum guarantee: sets only grow).
 
     Attributes
     ----------
@@ -58,10 +59,10 @@ class MondrianConformal(ConformalBase):
 
     kind = "mondrian"
 
-    def __init__(self, *, condition="class", small_strata="full", score="lac", alpha=0.1, randomized=False,
-                 k_reg=1, lam=0.01, weight=0.2, seed=0):
-        super().__init__(score=score, alpha=alpha, randomized=randomized, k_reg=k_reg, lam=lam, weight=weight,
-                         seed=seed, allow_infinite=True)
+    def __init__(self, *, condition="class", small_strata="full", score="lac", alpha=0.1, randomized=None,
+                 never_empty=None, k_reg=1, lam=0.01, weight=0.2, seed=0, fresh_draws=True):
+        super().__init__(score=score, alpha=alpha, randomized=randomized, never_empty=never_empty, k_reg=k_reg,
+                         lam=lam, weight=weight, seed=seed, fresh_draws=fresh_draws, allow_infinite=True)
         self.condition = check_choice(condition, "condition", ("class", "group"))
         self.small_strata = check_choice(small_strata, "small_strata", ("full", "marginal", "error"))
 
@@ -97,7 +98,9 @@ class MondrianConformal(ConformalBase):
             n_strata = self.groups_.size
         else:
             strata, n_strata = y, k
-        s = self._score.label_scores(p, y, self._u(n, 0))
+        key = self._draw_key(p, y)
+        u = self._u(n, 0, key)
+        s = self._score.label_scores(p, y, u)
         alphas = list(self.alphas)
         order = np.lexsort((s, strata))
         s_sorted = s[order]
@@ -131,19 +134,26 @@ class MondrianConformal(ConformalBase):
         self.stratum_sizes_ = sizes.astype(np.int64)
         self.thresholds_ = q
         self.score_ = self._score
+        self.draw_key_ = key
         self.n_calibration_ = int(n)
         self.n_classes_ = int(k)
+        sets = self._raw_sets(p, u, strata)
+        self._warn_set_sizes([(a, float((~sets[:, :, j].any(axis=1)).mean()), float(sets[:, :, j].all(axis=1).mean()))
+                              for j, a in enumerate(alphas)])
         return self
+
+    def _raw_sets(self, p, u, strata):
+        """Sets (n, k, m) before ``never_empty``: per-class thresholds, or the thresholds of each row's group
+        (``strata``: group indices)."""
+        if self.condition == "group":
+            return self.scorer.sets(p, u, self.thresholds_[strata])
+        return self.scorer.class_sets(p, u, self.thresholds_)
 
     def predict_set(self, probs, groups=None):
         """Boolean sets (n, k), or (n, k, n_alphas) for a list of alphas."""
         p = self._check_predict_probs(probs)
-        u = self._u(p.shape[0], 1)
-        if self.condition == "group":
-            out = self.scorer.sets(p, u, self.thresholds_[self._strata(groups, p.shape[0], fitting=False)])
-        else:
-            out = self.scorer.class_sets(p, u, self.thresholds_)
-        return self._finish(out)
+        strata = self._strata(groups, p.shape[0], fitting=False) if self.condition == "group" else None
+        return self._finish(self._fill_empty(p, self._raw_sets(p, self._u(p.shape[0], 1), strata)))
 
     def _get_state(self):
         state, arrays = super()._get_state()

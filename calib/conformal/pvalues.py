@@ -71,6 +71,7 @@ def class_pvalues(predictor, cal_probs, cal_labels, probs, *, smoothed=False):
     n_classes = predictor.__dict__.get("n_classes_")
     p_cal, y_cal = check_probs_labels(cal_probs, cal_labels, n_classes=n_classes)
     p = check_probs(probs, "probs", n_classes=p_cal.shape[1])
-    cal = predictor.label_scores(p_cal, y_cal, predictor._u(p_cal.shape[0], 0))
-    test = predictor.scorer.matrix(p, predictor._u(p.shape[0], 1))
+    key = predictor._draw_key(p_cal, y_cal)  # the draws a fit on these calibration rows makes
+    cal = predictor.label_scores(p_cal, y_cal, predictor._u(p_cal.shape[0], 0, key))
+    test = predictor.scorer.matrix(p, predictor._u(p.shape[0], 1, key))
     return conformal_pvalues(cal, test, smoothed=smoothed, seed=predictor.seed)

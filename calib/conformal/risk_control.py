@@ -88,7 +88,9 @@ class ConformalRiskControl(ConformalBase):
     allow_infinite : bool, default=False
         If no threshold controls the risk (n too small): False raises ValueError, True gives
         all-classes sets.
-    score, randomized, k_reg, lam, weight, seed : as :class:`calib.conformal.SplitConformal`.
+    score, randomized, never_empty, k_reg, lam, weight, seed, fresh_draws : as
+        :class:`calib.conformal.SplitConformal` (``never_empty`` keeps the guarantee: both losses only
+        shrink when a set grows).
 
     Attributes
     ----------
@@ -105,10 +107,10 @@ class ConformalRiskControl(ConformalBase):
 
     kind = "conformal_risk_control"  # artifacts of calib <= 0.1 say "risk_control" (still loaded)
 
-    def __init__(self, *, loss="fnr", score="lac", alpha=0.1, randomized=False, k_reg=1, lam=0.01,
-                 weight=0.2, seed=0, allow_infinite=False):
-        super().__init__(score=score, alpha=alpha, randomized=randomized, k_reg=k_reg, lam=lam, weight=weight,
-                         seed=seed, allow_infinite=allow_infinite)
+    def __init__(self, *, loss="fnr", score="lac", alpha=0.1, randomized=None, never_empty=None, k_reg=1, lam=0.01,
+                 weight=0.2, seed=0, fresh_draws=True, allow_infinite=False):
+        super().__init__(score=score, alpha=alpha, randomized=randomized, never_empty=never_empty, k_reg=k_reg,
+                         lam=lam, weight=weight, seed=seed, fresh_draws=fresh_draws, allow_infinite=allow_infinite)
         self.loss = check_choice(loss, "loss", ("fnr", "miscoverage"))
 
     def fit(self, probs, labels, groups=None):
@@ -117,19 +119,22 @@ class ConformalRiskControl(ConformalBase):
         n, k = p.shape
         lab = as_array(labels, "labels")
         self._reset()
-        u = self._u(n, 0)
         if lab.ndim == 2 and lab.shape[1] > 1:
             if self.loss != "fnr":
                 raise ValueError(f"Expected integer labels of shape ({n},) for loss='miscoverage', got {lab.shape}.")
             if lab.shape != (n, k) or lab.dtype != bool:
                 raise ValueError(f"Expected multi-label targets as a bool array of shape ({n}, {k}), "
                                  f"got {lab.dtype} {lab.shape}.")
+            key = self._draw_key(p, lab)
+            u = self._u(n, 0, key)
             s = self._score.matrix(p, u)
             rows, cols = np.nonzero(lab)
             counts = lab.sum(axis=1)
             pair_s, pair_w, n_pos = s[rows, cols], 1.0 / counts[rows], int((counts > 0).sum())
         else:
             y = check_labels(lab, "labels", n_samples=n, n_classes=k)
+            key = self._draw_key(p, y)
+            u = self._u(n, 0, key)
             pair_s, pair_w, n_pos = self._score.label_scores(p, y, u), np.ones(n), n
         q = np.array([risk_control_threshold(pair_s, pair_w, n, a, n_positive=n_pos) for a in self.alphas])
         if np.isposinf(q).any() and not self.allow_infinite:
@@ -139,8 +144,10 @@ class ConformalRiskControl(ConformalBase):
             )
         self.thresholds_ = q
         self.score_ = self._score
+        self.draw_key_ = key
         self.n_calibration_ = int(n)
         self.n_classes_ = int(k)
+        self._warn_set_sizes(self._set_size_rates(p, u, q))
         return self
 
     def _allows_neg_inf(self):

@@ -354,6 +354,14 @@ class Score:
             np.less_equal(s[:, :, None], thr, out=out[sl])
         return out
 
+    def extremes(self, p, u=None):
+        """``(lo, hi)``: the smallest and the largest score of each row, (n,) float64 each (the set at ``t`` is
+        empty iff ``lo > t``, holds every class iff ``hi <= t``). Generic: from the score matrix."""
+        lo, hi = np.empty(p.shape[0]), np.empty(p.shape[0])
+        for sl, sc in self.blocks(p, u):
+            lo[sl], hi[sl] = sc.min(axis=1), sc.max(axis=1)
+        return lo, hi
+
     def class_sets(self, p, u, thresholds):
         """Sets with one threshold per class: class ``c`` is in iff ``s(x, c) <= thresholds[c, j]``;
         ``thresholds`` (k, m), result (n, k, m)."""
@@ -387,6 +395,9 @@ class LAC(Score):
 
     def label_scores(self, p, labels, u=None):
         return 1.0 - p[np.arange(p.shape[0]), labels].astype(np.float64)  # one gather: nothing to chunk
+
+    def extremes(self, p, u=None):
+        return 1.0 - p.max(axis=1).astype(np.float64), 1.0 - p.min(axis=1).astype(np.float64)
 
     def _block(self, block, u):
         return 1.0 - block.astype(np.float64)
@@ -434,6 +445,28 @@ class _RankScore(Score):
 
         chunking.map_row_chunks(one_chunk, n, k, entries=chunking.FUSED)  # chunks write their own rows: same scores on any threads
         return s
+
+    def extremes(self, p, u=None):
+        """The scores of each row's top class (rank 1: no class before it) and bottom class (rank k: every other
+        class before it), in closed form from the row's max, min and sum: three reductions, no sort. Equal to
+        the score matrix's row min and max up to float64 rounding of the sum (tested)."""
+        n, k = p.shape
+        pmax = p.max(axis=1).astype(np.float64)
+        pmin = p.min(axis=1).astype(np.float64)
+        kw = self._kw()
+        if self.name == "topk":
+            uu = np.zeros(n) if u is None else u
+            return 1.0 - uu, k - uu
+        if self.name == "saps":
+            uu = np.ones(n) if u is None else u
+            return uu * pmax, pmax + kw["weight"] * (k - 2 + uu)
+        uu = np.zeros(n) if u is None else u
+        lo = pmax - uu * pmax
+        hi = p.sum(axis=1, dtype=np.float64) - uu * pmin
+        if self.name == "raps" and kw["lam"] > 0:
+            lo += kw["lam"] * max(1 - kw["k_reg"], 0)
+            hi += kw["lam"] * max(k - kw["k_reg"], 0)
+        return lo, hi
 
     def _block(self, block, u):
         order = sorted_order(block)

@@ -8,7 +8,9 @@ so that ``P(y in set) >= 1 - alpha`` for exchangeable data.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
+import warnings
 
 import numpy as np
 
@@ -18,9 +20,57 @@ from calib.base import (Component, NotFittedError, StateError, constructor_param
 from calib.conformal import scores as _scores
 from calib.conformal.quantile import _rank, check_alpha, conformal_quantile, conformal_rank
 
-__all__ = ["SplitConformal", "ConformalBase", "check_alpha"]
+__all__ = ["SplitConformal", "ConformalBase", "check_alpha", "SetSizeWarning", "data_fingerprint", "EMPTY_WARN_RATE",
+           "FULL_WARN_RATE"]
 
 RAPS_LAMBDA_GRID = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)
+
+#: a fit warns (:class:`SetSizeWarning`) when more than this share of the calibration rows get an empty set
+#: (and ``never_empty`` is off): an empty set answers nothing, and at alpha = 0.1 a useful predictor rarely
+#: needs more than 1 % of them
+EMPTY_WARN_RATE = 0.01
+#: ... or when more than this share get a set of all classes (a set that rules nothing out)
+FULL_WARN_RATE = 0.05
+#: the set-size rates of a fit are measured on at most this many calibration rows (evenly spaced): the
+#: standard error of a 1 % rate is then at most 0.001
+SET_SIZE_CHECK_ROWS = 10_000
+#: draw keys are 63-bit (a JSON integer every reader keeps exactly as a Python int)
+DRAW_KEY_MAX = 2 ** 63 - 1
+_FITTED = object()
+
+
+class SetSizeWarning(UserWarning):
+    """A conformal fit whose sets are valid but uninformative on its own calibration rows: too many empty
+    sets (more than :data:`EMPTY_WARN_RATE`) or too many sets of all classes (more than
+    :data:`FULL_WARN_RATE`). The message names the cause and the remedy."""
+
+
+def data_fingerprint(p, labels):
+    """A 63-bit digest of calibration data, O(n): the shape, the labels and the probabilities of the labels
+    (the deterministic part of every label score); multi-label targets (bool (n, k)): the packed targets and
+    the probabilities of the positive pairs. Different data (a re-split) give a different key, the same data
+    the same key.
+
+    >>> p = np.array([[0.7, 0.3], [0.4, 0.6]])
+    >>> data_fingerprint(p, np.array([0, 1])) == data_fingerprint(p.copy(), np.array([0, 1]))
+    True
+    >>> data_fingerprint(p, np.array([0, 1])) == data_fingerprint(p, np.array([1, 1]))
+    False
+    """
+    p = np.asarray(p)
+    y = np.asarray(labels)
+    n, k = p.shape
+    h = hashlib.blake2b(digest_size=8, person=b"calib-draws")
+    h.update(np.array([n, k, y.ndim], dtype=np.int64).tobytes())
+    if y.ndim == 2:  # multi-label targets
+        rows, cols = np.nonzero(y)
+        h.update(np.packbits(y.astype(bool, copy=False)).tobytes())
+        h.update(np.ascontiguousarray(p[rows, cols], dtype=np.float64).tobytes())
+    else:
+        y = y.astype(np.int64, copy=False)
+        h.update(np.ascontiguousarray(y).tobytes())
+        h.update(np.ascontiguousarray(p[np.arange(n), y], dtype=np.float64).tobytes())
+    return int.from_bytes(h.digest(), "little") & DRAW_KEY_MAX
 
 
 class ConformalBase(Component):
@@ -32,22 +82,41 @@ class ConformalBase(Component):
     an array with one entry per alpha (per stratum and alpha for Mondrian); ``qhat_`` shows them as a
     float for one alpha.
 
-    Randomisation policy (reproducible sets): the uniform draws ``u`` (one per row) come from
-    ``numpy.random.default_rng([seed, 0])`` at fit and ``default_rng([seed, 1])`` at *every*
-    ``predict_set`` call, so the same probabilities always give the same sets, before and after an
-    artifact round trip. ``u`` is independent of the data, which is all validity needs.
+    Defaults (``randomized=None``, ``never_empty=None``: "auto"): sets are randomised exactly when the
+    score supports it (APS, RAPS, SAPS, top-k; not LAC nor a callable), and ``never_empty`` is on exactly
+    when the sets are randomised. Explicit ``True``/``False`` keep their meaning.
+
+    Randomisation policy (fresh per fit, reproducible): the uniform draws ``u`` (one per row) come from
+    ``numpy.random.default_rng([seed, stream, draw_key_])``: stream 0 for the calibration rows at fit,
+    stream 1 at *every* ``predict_set`` call (stream 3: RAPS tuning rows). ``draw_key_`` is a 63-bit
+    digest of the calibration data (:func:`data_fingerprint`: labels and the probabilities of the
+    labels, O(n)), computed at fit and stored in the state, so a re-split or new data gets new uniforms,
+    while the same seed and the same data reproduce the fit exactly, and the same fitted object (also
+    after an artifact round trip) gives the same sets for the same probabilities. With
+    ``fresh_draws=False`` (and in artifacts of calib <= 0.1) ``u`` comes from ``default_rng([seed,
+    stream])`` alone: every fit with one seed reuses the same uniforms, which is exactly valid only on
+    average over seeds (conditionally on one seed's draws RAPS was measured to under-cover).
+
+    ``never_empty``: an empty set gets the row's top class (highest probability, ties -> lowest class
+    index). Sets only grow, so coverage stays >= 1 - alpha (valid) but is no longer exactly the Beta
+    law; ``never_empty=False`` keeps the exact law.
+
+    A :class:`SetSizeWarning` is raised at fit when, on the calibration rows, more than
+    :data:`EMPTY_WARN_RATE` of the sets are empty (without ``never_empty``) or more than
+    :data:`FULL_WARN_RATE` hold all classes.
     """
 
     _fit_hint = "fit(probs, labels) before predict_set()"
 
-    def __init__(self, *, score="lac", alpha=0.1, randomized=False, k_reg=1, lam=0.01, weight=0.2,
-                 seed=0, allow_infinite=False):
+    def __init__(self, *, score="lac", alpha=0.1, randomized=None, never_empty=None, k_reg=1, lam=0.01,
+                 weight=0.2, seed=0, fresh_draws=True, allow_infinite=False):
         if not (callable(score) or isinstance(score, _scores.Score)):
             score = check_choice(score, "score", tuple(_scores.SCORES))
         self.score = score
         self.alpha = check_alpha(alpha)
-        if not isinstance(randomized, bool):
-            raise TypeError(f"Expected randomized as a bool, got {type(randomized).__name__} {randomized!r}.")
+        for name, v in (("randomized", randomized), ("never_empty", never_empty)):
+            if v is not None and not isinstance(v, bool):
+                raise TypeError(f"Expected {name} as a bool or None (auto), got {type(v).__name__} {v!r}.")
         if isinstance(k_reg, bool) or not isinstance(k_reg, numbers.Integral) or k_reg < 0:
             raise ValueError(f"Expected k_reg as an integer >= 0, got {k_reg!r}.")
         for name, v in (("lam", lam), ("weight", weight)):
@@ -57,15 +126,40 @@ class ConformalBase(Component):
         self._score = _scores.make_score(score, k_reg=self.k_reg, lam=self.lam, weight=self.weight)
         if randomized and not self._score.randomizable:
             randomizable = sorted(n for n, c in _scores.SCORES.items() if c.randomizable)
-            raise ValueError(f"Expected randomized=False for score {self.score_name!r}; randomisation applies to "
-                             f"{randomizable}.")
+            raise ValueError(f"Expected randomized=False for score {self.score_name!r} (or None: auto); "
+                             f"randomisation applies to {randomizable}.")
         self.randomized = randomized
+        self.never_empty = never_empty
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"Expected seed as an integer >= 0, got {seed!r}.")
         self.seed = int(seed)
+        if not isinstance(fresh_draws, bool):
+            raise TypeError(f"Expected fresh_draws as a bool, got {type(fresh_draws).__name__} {fresh_draws!r}.")
+        self.fresh_draws = fresh_draws
         if not isinstance(allow_infinite, bool):
             raise TypeError(f"Expected allow_infinite as a bool, got {allow_infinite!r}.")
         self.allow_infinite = allow_infinite
+
+    @classmethod
+    def _upgrade_params(cls, params):
+        """Artifacts of calib <= 0.1 store neither ``fresh_draws`` nor ``never_empty``, and their ``randomized``
+        default was False: they keep the meaning they had (seed-only draws, sets that may be empty)."""
+        params = super()._upgrade_params(params)
+        if "fresh_draws" not in params:
+            params.setdefault("randomized", False)
+            params.setdefault("never_empty", False)
+            params["fresh_draws"] = False
+        return params
+
+    @property
+    def is_randomized(self):
+        """Whether the sets are randomised: ``randomized``, or when None whether the score supports it."""
+        return self._score.randomizable if self.randomized is None else self.randomized
+
+    @property
+    def is_never_empty(self):
+        """Whether empty sets get the top class: ``never_empty``, or when None :attr:`is_randomized`."""
+        return self.is_randomized if self.never_empty is None else self.never_empty
 
     # --- scores ---------------------------------------------------------------------------------
     @property
@@ -90,10 +184,63 @@ class ConformalBase(Component):
             raise AttributeError(f"{name}_ (the fitted RAPS parameter) exists after fitting a 'raps' score only.")
         return getattr(self.score_, name)
 
-    def _u(self, n, stream):
-        if not self.randomized:
+    def _draw_key(self, p, labels):
+        """The draw key of a fit on ``(p, labels)``: :func:`data_fingerprint`, or None (seed-only draws: not
+        randomised, or ``fresh_draws=False``)."""
+        if not (self.is_randomized and self.fresh_draws):
             return None
-        return np.random.default_rng([self.seed, stream]).random(n)
+        return data_fingerprint(p, labels)
+
+    def _u(self, n, stream, key=_FITTED):
+        """``n`` uniforms of ``stream`` (0: calibration rows, 1: prediction, 3: RAPS tuning) drawn from
+        ``[seed, stream, key]`` (``key``: the fitted ``draw_key_`` by default; None: ``[seed, stream]``);
+        None when the sets are not randomised."""
+        if not self.is_randomized:
+            return None
+        if key is _FITTED:
+            key = self.__dict__.get("draw_key_")
+        entropy = [self.seed, stream] if key is None else [self.seed, stream, int(key)]
+        return np.random.default_rng(entropy).random(n)
+
+    def _fill_empty(self, p, out):
+        """``never_empty``: every empty set (per alpha) of ``out`` (n, k, m) gets the row's top class (highest
+        probability, ties -> lowest class index, as :func:`calib.conformal.scores.sorted_order`)."""
+        if not self.is_never_empty:
+            return out
+        empty = ~out.any(axis=1)
+        if empty.any():
+            rows, js = np.nonzero(empty)
+            out[rows, np.argmax(p[rows], axis=1), js] = True
+        return out
+
+    def _warn_set_sizes(self, rates):
+        """:class:`SetSizeWarning` for ``rates = [(alpha, empty rate, full rate), ...]`` on the calibration rows."""
+        who = type(self).__name__
+        for a, empty, full in rates:
+            if empty > EMPTY_WARN_RATE and not self.is_never_empty:
+                warnings.warn(SetSizeWarning(
+                    f"{who}(score={self.score_name!r}) fit: {empty:.1%} of the calibration rows get an empty set at "
+                    f"alpha={a:g} (warning above {EMPTY_WARN_RATE:.0%}). Cause: the threshold lies below the score of "
+                    "even the top class on those rows (typically confident rows with a non-randomised rank score: "
+                    "APS leaves out a class whose probability exceeds qhat); the sets stay valid but an empty set "
+                    "says nothing. Remedy: never_empty=True (an empty set gets the top class; coverage can only "
+                    "rise), randomized=True for a rank score, a larger alpha, or a better model."), stacklevel=3)
+            if full > FULL_WARN_RATE:
+                warnings.warn(SetSizeWarning(
+                    f"{who}(score={self.score_name!r}) fit: {full:.1%} of the calibration rows get a set of all "
+                    f"{self.n_classes_} classes at alpha={a:g} (warning above {FULL_WARN_RATE:.0%}). Cause: the "
+                    "threshold is at or above the score of every class on those rows (the model cannot rank the "
+                    "classes there at this coverage, or qhat is inf because n is too small for alpha); such a set "
+                    "says nothing. Remedy: a larger alpha, a better (better calibrated) model, or more calibration "
+                    "data."), stacklevel=3)
+
+    def _set_size_rates(self, p, u, thresholds):
+        """[(alpha, empty rate, full rate)] of the sets ``{j : s_j <= t}`` of the rows ``p`` (one threshold per
+        alpha, shared by the rows) before ``never_empty``, on at most :data:`SET_SIZE_CHECK_ROWS` evenly spaced
+        rows (the check then costs a bounded share of a large fit)."""
+        step = -(-p.shape[0] // SET_SIZE_CHECK_ROWS)
+        lo, hi = self.scorer.extremes(p[::step], None if u is None else u[::step])
+        return [(a, float(np.mean(lo > t)), float(np.mean(hi <= t))) for a, t in zip(self.alphas, thresholds)]
 
     def label_scores(self, probs, labels, u=None):
         """Scores of the given labels, shape (n,), float64 (``u``: per-row uniforms in [0, 1] or None).
@@ -104,7 +251,8 @@ class ConformalBase(Component):
         return self.scorer.label_scores(p, y, u)
 
     def score_matrix(self, probs):
-        """Scores of every class, shape (n, k), with the predict-time randomisation."""
+        """Scores of every class, shape (n, k), with the predict-time randomisation (``score_matrix(p) <= qhat_``
+        is the set before ``never_empty`` fills it)."""
         p = self._check_predict_probs(probs)
         return self.scorer.matrix(p, self._u(p.shape[0], 1))
 
@@ -133,7 +281,7 @@ class ConformalBase(Component):
         return p, y
 
     def _reset(self):
-        for attr in ("thresholds_", "score_", "n_classes_", "n_calibration_"):
+        for attr in ("thresholds_", "score_", "n_classes_", "n_calibration_", "draw_key_"):
             self.__dict__.pop(attr, None)
 
     def _check_predict_probs(self, probs):
@@ -141,8 +289,8 @@ class ConformalBase(Component):
         return check_probs(probs, "probs", n_classes=self.n_classes_)
 
     def _sets(self, p, thresholds):
-        """Sets (n, k, m) for thresholds (m,), with the predict-time randomisation."""
-        return self.scorer.sets(p, self._u(p.shape[0], 1), thresholds)
+        """Sets (n, k, m) for thresholds (m,), with the predict-time randomisation and ``never_empty``."""
+        return self._fill_empty(p, self.scorer.sets(p, self._u(p.shape[0], 1), thresholds))
 
     def _finish(self, out):
         return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
@@ -164,7 +312,12 @@ class ConformalBase(Component):
         state = {"n_calibration": self.n_calibration_}
         if isinstance(self.scorer, _scores.RAPS):
             state.update(k_reg=int(self.k_reg_), lam=float(self.lam_))
+        if self._stores_draw_key():
+            state["draw_key"] = int(self.draw_key_)
         return state, {"thresholds": self.thresholds_}
+
+    def _stores_draw_key(self):
+        return self.is_randomized and self.fresh_draws
 
     def _set_state(self, state, arrays):
         """Every field checked as strictly as a fit would have produced it (state is untrusted input)."""
@@ -177,6 +330,9 @@ class ConformalBase(Component):
             self._check_raps_state(k_reg, lam)
             score = _scores.RAPS(k_reg=k_reg, lam=lam)
         self.score_ = score
+        # the draw key of fresh per-fit draws (a 63-bit digest); no other fit writes one
+        self.draw_key_ = (state_scalar(state, "draw_key", int, minimum=0, maximum=DRAW_KEY_MAX, owner=owner)
+                          if self._stores_draw_key() else None)
         self._read_strata(state, arrays)
         t = self._read_thresholds(state, arrays)
         self._check_threshold_domain(t)
@@ -250,8 +406,15 @@ class SplitConformal(ConformalBase):
         A callable maps probs (n, k) to scores (n, k) (cannot be stored in an artifact).
     alpha : float or list of float, default=0.1
         Miscoverage level(s) ``1 - target coverage``, each in (0, 1). A list gives sets per alpha.
-    randomized : bool, default=False
-        Randomised APS/RAPS/SAPS/top-k (one uniform per row); exact ``1 - alpha`` coverage on average.
+    randomized : bool or None, default=None
+        Randomised APS/RAPS/SAPS/top-k (one uniform per row; Romano et al., 2020): coverage exactly
+        ``1 - alpha`` on average (the Beta law). None (auto): randomised exactly when the score supports it
+        (not LAC); False gives the deterministic sets (non-randomised APS is valid but conservative: large
+        sets, and empty sets on confident rows).
+    never_empty : bool or None, default=None
+        An empty set gets the row's top class (highest probability, ties -> lowest class index). Sets only
+        grow, so coverage stays >= ``1 - alpha`` (valid), no longer exactly the Beta law. None (auto): on
+        exactly when the sets are randomised; False keeps the exact law.
     k_reg, lam : int, float
         RAPS regularisation ``lam * max(0, rank - k_reg)`` (Angelopoulos et al., 2021).
     weight : float
@@ -264,6 +427,10 @@ class SplitConformal(ConformalBase):
     tune_fraction : float in (0, 1), default=0.2
     seed : int, default=0
         Randomisation and tuning split seed (see :class:`ConformalBase`).
+    fresh_draws : bool, default=True
+        Uniforms drawn from ``seed`` and a fingerprint of the calibration data (new draws for every new fit,
+        the same for the same seed and data); False: from ``seed`` alone (calib <= 0.1: every fit with one
+        seed reuses the same uniforms).
     allow_infinite : bool, default=False
         If n is too small for alpha: False raises ValueError at fit, True gives all-classes sets.
 
@@ -272,6 +439,13 @@ class SplitConformal(ConformalBase):
     qhat_ : float or ndarray of shape (n_alphas,)
     n_classes_, n_calibration_ : int
     k_reg_, lam_ : fitted RAPS parameters (equal to ``k_reg``, ``lam`` unless ``tune``)
+    draw_key_ : int or None
+        The fit's draw key (:func:`data_fingerprint` of the calibration rows; None without fresh draws).
+
+    Warns
+    -----
+    SetSizeWarning
+        At fit, when the calibration rows' sets are often empty or of all classes (:class:`ConformalBase`).
 
     Examples
     --------
@@ -284,10 +458,10 @@ class SplitConformal(ConformalBase):
 
     kind = "split"
 
-    def __init__(self, *, score="lac", alpha=0.1, randomized=False, k_reg=1, lam=0.01, weight=0.2,
-                 tune=False, tune_fraction=0.2, seed=0, allow_infinite=False):
-        super().__init__(score=score, alpha=alpha, randomized=randomized, k_reg=k_reg, lam=lam, weight=weight,
-                         seed=seed, allow_infinite=allow_infinite)
+    def __init__(self, *, score="lac", alpha=0.1, randomized=None, never_empty=None, k_reg=1, lam=0.01, weight=0.2,
+                 tune=False, tune_fraction=0.2, seed=0, fresh_draws=True, allow_infinite=False):
+        super().__init__(score=score, alpha=alpha, randomized=randomized, never_empty=never_empty, k_reg=k_reg,
+                         lam=lam, weight=weight, seed=seed, fresh_draws=fresh_draws, allow_infinite=allow_infinite)
         if not isinstance(tune, bool):
             raise TypeError(f"Expected tune as a bool, got {tune!r}.")
         if tune and score != "raps":
@@ -300,6 +474,7 @@ class SplitConformal(ConformalBase):
         p, y = self._check_fit_inputs(probs, labels)
         self._reset()
         score = self._score
+        key = self._draw_key(p, y)  # of all the calibration rows, tuning rows included
         if self.tune:
             perm = np.random.default_rng([self.seed, 2]).permutation(p.shape[0])
             n_tune = int(round(self.tune_fraction * p.shape[0]))
@@ -308,14 +483,17 @@ class SplitConformal(ConformalBase):
                 raise ValueError(f"Expected calibration rows left after the tuning split (tune_fraction="
                                  f"{self.tune_fraction:g} of n={p.shape[0]}), got none; lower tune_fraction or "
                                  "add calibration data.")
-            score = self._tune_raps(p[tune_idx], y[tune_idx])
+            score = self._tune_raps(p[tune_idx], y[tune_idx], key)
             p, y = p[cal_idx], y[cal_idx]
-        s = score.label_scores(p, y, self._u(p.shape[0], 0))
+        u = self._u(p.shape[0], 0, key)
+        s = score.label_scores(p, y, u)
         self.thresholds_ = np.asarray(conformal_quantile(s, list(self.alphas), allow_infinite=self.allow_infinite),
                                       dtype=np.float64)
         self.score_ = score
+        self.draw_key_ = key
         self.n_calibration_ = int(p.shape[0])
         self.n_classes_ = int(p.shape[1])
+        self._warn_set_sizes(self._set_size_rates(p, u, self.thresholds_))
         return self
 
     def _check_raps_state(self, k_reg, lam):
@@ -329,7 +507,7 @@ class SplitConformal(ConformalBase):
             raise StateError(f"Expected state field 'lam' of {who} in the tuning grid {list(RAPS_LAMBDA_GRID)}, "
                              f"got {lam!r}.")
 
-    def _tune_raps(self, p, y):
+    def _tune_raps(self, p, y, key):
         """RAPS with ``k_reg`` and ``lam`` chosen on the tuning rows (see the class docstring)."""
         alpha = min(self.alphas)
         n = p.shape[0]
@@ -340,7 +518,7 @@ class SplitConformal(ConformalBase):
             raise ValueError(f"Expected at least {int(np.ceil(1 / alpha))} tuning rows for alpha={alpha:g}, got {n}; "
                              "raise tune_fraction or pass tune=False.")
         k_reg = int(np.partition(ranks, r - 1)[r - 1])
-        u_fit = self._u(n, 3)
+        u_fit = self._u(n, 3, key)
         best = None
         for lam in RAPS_LAMBDA_GRID:
             candidate = _scores.RAPS(k_reg=k_reg, lam=lam)
@@ -370,7 +548,7 @@ class SplitConformal(ConformalBase):
                 np.greater_equal(block, t[j], out=out[start:start + block.shape[0], :, j])
 
         check_probs(p, "probs", n_classes=self.n_classes_, on_chunk=compare)
-        return out
+        return self._fill_empty(p, out)
 
 
 def _from_json(v, owner=None):

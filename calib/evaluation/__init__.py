@@ -11,6 +11,8 @@ Modules (import them directly; this package imports nothing heavy):
 ``conformal_audit``    repeated-split validity audit of conformal predictors (exact BetaBinomial law)
 ``routing``            ``policy_stage`` and ``evaluate_routing``: route, product metrics, plot data
 ``product_metrics``    automation / escalation / silent-failure rates, costs, bootstrap CIs
+``intervals``          calibration-metric bootstrap (before, after, paired difference) and procedure-level
+                       intervals (calibration and test rows resampled, everything refitted)
 ``slices``             silent-failure slice finder (binomial tests, Holm correction)
 ``compare``            ``compare_models`` / ``markdown_table``: models sharing one test set
 ``policy_audit``       Learn-then-Test guarantee audit over random splits

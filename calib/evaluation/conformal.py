@@ -7,9 +7,33 @@ import numpy as np
 
 from calib._json import to_json
 from calib._validation import check_same_length
-from calib.evaluation.set_metrics import set_metrics
+from calib.evaluation.set_metrics import LEVEL, class_coverage_pvalues, set_metrics
 
-__all__ = ["conformal_stage"]
+__all__ = ["conformal_stage", "coverage_law_kwargs"]
+
+
+def coverage_law_kwargs(predictor):
+    """The law of the coverage tests of :func:`calib.evaluation.set_metrics.set_metrics` for a fitted predictor,
+    from its public attributes only (``kind``, ``condition``, ``stratum_sizes_``, ``groups_``,
+    ``n_calibration_``, ``small_strata``):
+
+    - Mondrian ``condition="class"``: ``class_calibration_sizes`` (each class valid by construction);
+    - Mondrian ``condition="group"``: ``group_calibration_sizes`` (each group valid by construction);
+    - split conformal (``split``, and ``conformal_risk_control``, whose threshold for one label per row is the
+      split-conformal quantile): ``n_calibration`` (marginal Beta-binomial law);
+    - anything else: no law (binomial tests given the fitted sets).
+    """
+    condition = getattr(predictor, "condition", None)
+    if condition == "class":
+        return {"class_calibration_sizes": np.asarray(predictor.stratum_sizes_, dtype=np.int64),
+                "small_strata": getattr(predictor, "small_strata", "full")}
+    if condition == "group":
+        return {"group_calibration_sizes": {str(g): int(n) for g, n in zip(predictor.groups_.tolist(),
+                                                                        predictor.stratum_sizes_.tolist())},
+                "small_strata": getattr(predictor, "small_strata", "full")}
+    if getattr(predictor, "kind", None) in ("split", "conformal_risk_control"):
+        return {"n_calibration": int(predictor.n_calibration_)}
+    return {}
 
 
 def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *, cal_groups=None,
@@ -28,9 +52,12 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
     section : dict
         The metrics.json "conformal" block: ``score``, ``alpha``, ``qhat`` (``null`` = infinite,
         all-classes sets; a list per stratum for Mondrian, with ``strata``), ``coverage``,
-        ``mean_set_size``, ``median_set_size``, ``singleton_rate``, ``empty_rate``, ``min_class_coverage``,
-        ``class_coverage_gap``, ``violating_classes``, ``size_histogram``, ``size_stratified_coverage``,
-        ``group_coverage`` (when groups exist). For a list of alphas each metric is a list (one per alpha).
+        ``coverage_test`` (exact test of H0 "coverage >= 1 - alpha"), ``mean_set_size``, ``median_set_size``,
+        ``singleton_rate``, ``empty_rate``, ``min_class_coverage`` and ``class_coverage_gap`` (numbers, not
+        verdicts), ``class_coverage_test`` (exact per-class tests, Holm-corrected, ``flagged`` classes),
+        ``size_histogram``, ``size_stratified_coverage``, ``group_coverage`` and ``group_coverage_test`` (when
+        groups exist). The law of each test follows the predictor (:func:`coverage_law_kwargs`;
+        docs/statistics.md). For a list of alphas each metric is a list (one per alpha).
     plot_data : dict of file name -> :class:`calib.plotting.FigureSpec`
         ``conformal_coverage.png`` (coverage vs alpha with the exact band, :class:`CoverageCurveData`),
         ``set_size_histogram.png`` (:class:`SetSizeData`), ``class_coverage.png`` (:class:`ClassCoverageData`),
@@ -57,10 +84,11 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
     sets = predictor.predict_set(test_probs, groups=test_groups)
     alphas = list(predictor.alphas)
     multi = isinstance(predictor.alpha, tuple)
+    law = coverage_law_kwargs(predictor)
     blocks = []
     for j, a in enumerate(alphas):
         s = sets[:, :, j] if multi else sets
-        blocks.append(set_metrics(s, test_labels, a, groups=test_groups))
+        blocks.append(set_metrics(s, test_labels, a, groups=test_groups, **law))
     keys = blocks[0].keys()
     section = {"kind": predictor.kind, "score": predictor.score_name, "alpha": alphas if multi else alphas[0],
                "n_calibration": int(predictor.n_calibration_)}
@@ -91,7 +119,10 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
         plot_data["set_size_histogram.png"] = FigureSpec(
             "conformal.plot_set_size_histogram", cplots.prepare_set_sizes(first), size=(5, 4),
             title=f"set sizes at alpha={alphas[0]:g}", title_fontsize=9)
+        _, p_holm = class_coverage_pvalues(first, test_labels, alphas[0],
+                                           calibration_sizes=law.get("class_calibration_sizes"))
         plot_data["class_coverage.png"] = FigureSpec(
-            "conformal.plot_class_coverage", cplots.prepare_class_coverage(first, test_labels, alphas[0]),
+            "conformal.plot_class_coverage", cplots.prepare_class_coverage(first, test_labels, alphas[0],
+                                                                           p_holm=p_holm, level=LEVEL),
             size=(5, 4))
     return section, plot_data

@@ -22,6 +22,13 @@ Every metric depends on an item only through its cell (action, model right?, fal
 cells in all. Resampling n items with replacement is therefore a multinomial draw over the 12 cell
 frequencies, so the bootstrap (Efron & Tibshirani 1993, percentile intervals) runs in O(B) without
 touching the items — the same distribution as ``scipy.stats.bootstrap`` with ``method="percentile"``.
+
+**What the intervals cover.** Only the test items are resampled; the routing decisions (the fitted policy,
+its threshold) are held fixed. The interval is therefore *conditional on the calibration split*: it covers
+the rates of this fitted policy on the test population, not what refitting the policy on a new calibration
+set would give (across re-splits the automation rate varies more than this interval says). ``ci_method``
+says so; the procedure-level interval, which refits, is
+:func:`calib.evaluation.intervals.procedure_bootstrap` (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -149,8 +156,9 @@ def product_metrics(actions, prediction, labels, fallback=None, *, costs=None, n
 
     Returns
     -------
-    dict with every metric of :data:`RATE_KEYS` (plus ``model_accuracy``, ``n``) and ``"ci"``:
-    {metric: [lo, hi]} (None where undefined).
+    dict with every metric of :data:`RATE_KEYS` (plus ``model_accuracy``, ``n``), ``"ci"``:
+    {metric: [lo, hi]} (None where undefined) and ``"ci_method"`` (what the interval holds fixed: the
+    routing decisions, i.e. it is conditional on the calibration split).
 
     >>> m = product_metrics(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1]),
     ...                     np.array([0, 0, 0, 1]), costs={"human_accuracy": 1.0})
@@ -177,5 +185,6 @@ def product_metrics(actions, prediction, labels, fallback=None, *, costs=None, n
     out = {k: (None if not np.isfinite(v) else float(v)) for k, v in point.items()}
     out["n"] = n
     out["ci"] = ci
-    out["ci_method"] = f"percentile bootstrap, {n_resamples} resamples, level {confidence_level}, seed {seed}"
+    out["ci_method"] = (f"percentile bootstrap over test items, fitted policy held fixed (conditional on the "
+                        f"calibration split), {n_resamples} resamples, level {confidence_level}, seed {seed}")
     return out

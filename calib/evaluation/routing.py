@@ -12,7 +12,33 @@ import numpy as np
 from calib._json import to_json
 from calib._validation import check_labels, check_positive_int, check_probs_labels, check_same_length
 
-__all__ = ["policy_stage", "evaluate_routing"]
+__all__ = ["policy_stage", "evaluate_routing", "test_risk_test", "LEVEL"]
+
+#: level of the test of the test-split selective risk against the target
+LEVEL = 0.05
+
+
+def test_risk_test(n_errors, n_answered, target, level=LEVEL):
+    """Exact one-sided test of H0 "the fitted policy's selective risk <= target" from its answered test items:
+    ``{"h0", "n_answered", "n_errors", "p_value", "level", "exceeds"}``, ``p = P(Binomial(n_answered, target)
+    >= n_errors)`` (:func:`calib.stats.binom_greater_pvalue`; 1 when nothing is answered), ``exceeds`` =
+    ``p <= level``. The test items are a sample of the population the policy will route; a Learn-then-Test
+    guarantee bounds that population risk, so this is the check of the guarantee that a test split can do.
+
+    >>> test_risk_test(76, 1500, 0.05)["exceeds"]  # risk 0.0507 against 0.05: no evidence
+    False
+    """
+    from calib._validation import check_fraction
+    from calib.stats import binom_greater_pvalue
+
+    level = check_fraction(level, "level")
+    target = check_fraction(target, "target")
+    p = binom_greater_pvalue(n_errors, n_answered, target)
+    return {"h0": "selective risk of the fitted policy <= target_risk", "n_answered": int(n_answered),
+            "n_errors": int(n_errors), "p_value": float(p), "level": level, "exceeds": bool(p <= level)}
+
+
+test_risk_test.__test__ = False  # a function of the library, not a pytest test
 
 
 def _check_resampling(n_resamples, seed):
@@ -117,6 +143,7 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     confidence = getattr(policy, "confidence", "max_prob")  # policies without a confidence score: max-prob
     conf = selective.confidence_scores(test_p, confidence)
     correct = decision.prediction == test_y
+    answered = np.asarray(decision.actions) == 0
     target = guarantee.get("target_risk")
     # slices are tested against the policy's target risk, or (no target) against the overall silent-failure rate
     slice_target = target if target is not None else max(min(m["silent_failure_rate"] or 0.0, 0.999), 1e-3)
@@ -130,8 +157,8 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
         "ci": m["ci"],
         "ci_method": m["ci_method"],
         "guarantee": guarantee,
-        "test_risk_exceeds_target": (None if target is None or m["selective_risk"] is None
-                                     else bool(m["selective_risk"] > target)),
+        "test_risk_test": (None if target is None else
+                           test_risk_test(int((answered & ~correct).sum()), int(answered.sum()), target)),
         "costs": policy.cost_model.to_dict(),
         "slices": {"target": slice_target, "flagged": [r for r in slices if r["flagged"]][:20],
                    "n_slices": len(slices)},

@@ -5,6 +5,12 @@ example a long-tailed validation set and a balanced test set) it can break; this
 overall guarantee held on the shifted split and which classes broke. A class "breaks" when its test
 selective risk significantly exceeds the target: one-sided exact binomial test of H0: risk <= r on its
 answered items, Holm-corrected over classes (Holm 1979).
+
+Next to it, conformal coverage: a conformal predictor (LAC at alpha = 0.1 unless given) fitted on the
+calibrated first split, its sets on the second. Marginal coverage is tested against ``1 - alpha`` with the
+exact law of split conformal under exchangeability (``BetaBinomial(m, r, n + 1 - r)``: a small p-value says
+the shift broke the coverage guarantee), each class with the exact binomial test given the fitted sets,
+Holm-corrected (:mod:`calib.evaluation.set_metrics`; docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -15,26 +21,41 @@ __all__ = ["shift_report"]
 
 
 def shift_report(cal_logits, cal_labels, test_logits, test_labels, *, calibrator, policy, alpha=0.05,
-                 n_resamples=2000, seed=0, class_names=None):
-    """Fit ``calibrator`` and ``policy`` (a target-risk policy) on the first split, evaluate on the second.
+                 n_resamples=2000, seed=0, class_names=None, conformal=None):
+    """Fit ``calibrator``, ``policy`` (a target-risk policy) and ``conformal`` on the first split, evaluate on
+    the second.
 
-    Returns a dict: ``overall`` (guarantee, calibration-split and test-split risk/coverage with CIs,
-    ``broken``), ``classes`` (rows per class: calibration/test counts, coverage, selective risk, p-value,
-    Holm-adjusted p, ``broken``), ``test_ece``.
+    ``alpha`` is the level of every test here (not the conformal miscoverage, which is the predictor's);
+    ``conformal``: an unfitted conformal predictor of one alpha (default ``SplitConformal(score="lac",
+    alpha=0.1)``).
+
+    Returns a dict: ``guarantee``, calibration-split and test-split risk/coverage with CIs, ``broken``
+    (overall test risk significantly above the target), ``classes`` (rows per class: calibration/test counts,
+    coverage, selective risk, p-value, Holm-adjusted p, ``broken``), ``test_ece`` and ``conformal``
+    (``kind``, ``score``, ``alpha``, ``n_calibration``, test ``coverage``, ``coverage_test`` (marginal, exact),
+    ``class_coverage_test`` (per class, Holm), ``class_coverage``, ``min_class_coverage``, ``mean_set_size``).
     """
     import warnings
 
-    from scipy.stats import binom
-
     from calib import metrics
+    from calib.conformal.split import ConformalBase, SplitConformal
+    from calib.evaluation.conformal import coverage_law_kwargs
     from calib.evaluation.routing import evaluate_routing
-    from calib.evaluation.slices import holm_adjust
+    from calib.evaluation.set_metrics import set_metrics
+    from calib.stats import binom_greater_pvalue, holm_adjust
 
     from calib._validation import check_fraction, check_positive_int
 
     alpha = check_fraction(alpha, "alpha")
     n_resamples = check_positive_int(n_resamples, "n_resamples")
     check_positive_int(seed, "seed", minimum=0)
+    if conformal is None:
+        conformal = SplitConformal(score="lac", alpha=0.1)
+    if not isinstance(conformal, ConformalBase):
+        raise TypeError(f"Expected conformal as a conformal predictor of calib.conformal.REGISTRY (or None for LAC "
+                        f"at alpha=0.1), got {type(conformal).__name__}.")
+    if len(conformal.alphas) != 1:
+        raise ValueError(f"Expected a conformal predictor with one alpha, got alpha={list(conformal.alphas)}.")
     calibrator.fit(cal_logits, cal_labels)
     pc, pt = calibrator.predict_proba(cal_logits), calibrator.predict_proba(test_logits)
     yc = np.asarray(cal_labels)
@@ -58,7 +79,7 @@ def shift_report(cal_logits, cal_labels, test_logits, test_labels, *, calibrator
     ans_c = dec_c.actions == 0
     n_ans_c = np.bincount(yc, weights=ans_c, minlength=k).astype(np.int64)
     n_err_c = np.bincount(yc, weights=ans_c & (dec_c.prediction != yc), minlength=k).astype(np.int64)
-    pval = np.where(n_ans > 0, binom.sf(n_err - 1, np.maximum(n_ans, 1), r), 1.0)
+    pval = np.atleast_1d(binom_greater_pvalue(n_err, n_ans, r))  # 1 for a class with nothing answered
     adj = holm_adjust(pval)
     names = [str(c) for c in range(k)] if class_names is None else list(class_names)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -69,7 +90,15 @@ def shift_report(cal_logits, cal_labels, test_logits, test_labels, *, calibrator
                  "test_selective_risk": float(n_err[j] / n_ans[j]) if n_ans[j] else None,
                  "p_value": float(pval[j]), "p_holm": float(adj[j]), "broken": bool(adj[j] <= alpha)}
                 for j in range(k)]
-    overall_p = float(binom.sf(int((answered & wrong).sum()) - 1, max(int(answered.sum()), 1), r))
+    overall_p = binom_greater_pvalue(int((answered & wrong).sum()), int(answered.sum()), r)
+    conformal.fit(pc, yc)
+    a_conf = float(conformal.alphas[0])
+    block = set_metrics(conformal.predict_set(pt), yt, a_conf, level=alpha, **coverage_law_kwargs(conformal))
+    conf_section = {"kind": conformal.kind, "score": conformal.score_name, "alpha": a_conf,
+                    "n_calibration": int(conformal.n_calibration_),
+                    **{key: block[key] for key in ("coverage", "coverage_test", "mean_set_size", "empty_rate",
+                                                   "min_class_coverage", "class_coverage_gap", "class_coverage_test",
+                                                   "class_coverage")}}
     return {
         "guarantee": g,
         "warnings": [str(w.message) for w in caught],
@@ -81,4 +110,5 @@ def shift_report(cal_logits, cal_labels, test_logits, test_labels, *, calibrator
         "overall_p_value": overall_p,
         "broken": bool(m["selective_risk"] is not None and m["selective_risk"] > r and overall_p <= alpha),
         "classes": rows,
+        "conformal": conf_section,
     }

@@ -3,7 +3,7 @@
 Per slice (each true class, and each ``groups`` value when given): size, accuracy, ECE (top-label,
 equal-width bins), coverage (share answered), silent-failure rate (answered and wrong) and escalation
 rate. Each slice is tested with a one-sided exact binomial test of H0: silent-failure rate <= target
-(p = P(Binomial(n_s, target) >= k_s)); the p-values of all slices are Holm-adjusted (Holm 1979, "A simple
+(p = P(Binomial(n_s, target) >= k_s), :func:`calib.stats.binom_greater_pvalue`); the p-values of all slices are Holm-adjusted (Holm 1979, "A simple
 sequentially rejective multiple test procedure") and slices with adjusted p <= alpha are flagged. Rows are
 sorted by harm: excess silent failures k_s - target * n_s, largest first.
 """
@@ -16,7 +16,7 @@ from calib._validation import as_array, check_fraction, check_positive_int, chec
 from calib.evaluation.product_metrics import check_actions
 from calib.evaluation.set_metrics import check_groups
 from calib.metrics import _bin_index
-from calib.stats import holm_adjust  # noqa: F401  (re-export: its home is calib.stats)
+from calib.stats import binom_greater_pvalue, holm_adjust  # holm_adjust re-exported: its home is calib.stats
 
 __all__ = ["holm_adjust", "silent_failure_slices"]
 
@@ -39,8 +39,6 @@ def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=
     >>> [(r["slice"], r["silent_failures"]) for r in rows]
     [('0', 5), ('1', 0)]
     """
-    from scipy.stats import binom
-
     p, y = check_probs_labels(probs, labels)
     target = check_fraction(target, "target")
     alpha = check_fraction(alpha, "alpha")
@@ -79,7 +77,7 @@ def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=
                 "silent_failure_rate": np.bincount(idx, weights=silent, minlength=m) / size,
             }
         n_silent = np.bincount(idx, weights=silent, minlength=m).astype(np.int64)
-        pval = binom.sf(n_silent - 1, size, target)
+        pval = np.atleast_1d(binom_greater_pvalue(n_silent, size, target))
         for j in range(m):
             if size[j] == 0:
                 continue

@@ -121,38 +121,74 @@ def plot_set_size_histogram(data, *, ax=None, max_size=None):
 
 @dataclasses.dataclass(frozen=True)
 class ClassCoverageData:
-    """Coverage of each class present in the labels, sorted ascending, and the target ``1 - alpha``."""
+    """Coverage of each class present in the labels, sorted ascending, and the target ``1 - alpha``.
+
+    ``classes``: the class id of each point; ``p_holm``: the Holm-adjusted p-value of the exact test of H0
+    "coverage of the class >= 1 - alpha"; ``flagged``: ``p_holm <= level`` (the classes a test flags, not the
+    points below the line: a class-valid procedure puts about half of its classes below ``1 - alpha``).
+    """
 
     coverage: np.ndarray
     alpha: float
+    classes: np.ndarray = None
+    p_holm: np.ndarray = None
+    flagged: np.ndarray = None
+    level: float = 0.05
 
 
-def prepare_class_coverage(sets, labels, alpha) -> ClassCoverageData:
-    """Per-class coverage (classes absent from ``labels`` dropped), sorted.
+def prepare_class_coverage(sets, labels, alpha, *, p_holm=None, level=0.05) -> ClassCoverageData:
+    """Per-class coverage (classes absent from ``labels`` dropped), sorted, with the classes a test flags.
+
+    ``p_holm`` (k,): Holm-adjusted p-values of the per-class coverage tests, as computed for the predictor's
+    law by :func:`calib.evaluation.set_metrics.class_coverage_pvalues` (the conformal stage passes them);
+    None: the binomial test given these sets, ``P(Binomial(m_c, 1 - alpha) <= covered_c)``, Holm-adjusted.
 
     >>> prepare_class_coverage(np.array([[True, False], [True, True], [False, True]]), np.array([0, 1, 0]),
     ...                        0.1).coverage.tolist()
     [0.5, 1.0]
     """
     alpha = check_fraction(alpha, "alpha")
+    level = check_fraction(level, "level")
     hits = _hits(sets, labels)
     labels = np.asarray(labels).astype(np.int64)
     k = np.shape(sets)[1]
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    counts = np.bincount(labels, minlength=k)
     covered = np.bincount(labels, weights=hits, minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         cc = np.where(counts > 0, covered / np.maximum(counts, 1), np.nan)
-    return ClassCoverageData(np.sort(cc[~np.isnan(cc)]), alpha)
+    present = np.flatnonzero(counts > 0)
+    if p_holm is None:
+        from calib.stats import binom_less_pvalue, holm_adjust
+
+        adj = np.full(k, np.nan)
+        adj[present] = holm_adjust(np.atleast_1d(binom_less_pvalue(covered[present].round().astype(np.int64),
+                                                                    counts[present], 1.0 - alpha)))
+    else:
+        adj = np.asarray(p_holm, dtype=np.float64)
+        if adj.shape != (k,) or not np.all((adj[present] >= 0) & (adj[present] <= 1)):
+            raise ValueError(f"Expected p_holm of shape ({k},) (one per class) with values in [0, 1] for the "
+                             f"classes present, got shape {adj.shape}.")
+    order = present[np.argsort(cc[present], kind="stable")]
+    return ClassCoverageData(cc[order], alpha, order, adj[order], adj[order] <= level, level)
 
 
-def plot_class_coverage(data, labels=None, alpha=None, *, ax=None):
-    """Per-class coverage (sorted) against ``1 - alpha``, from :class:`ClassCoverageData` (or ``sets,
+def plot_class_coverage(data, labels=None, alpha=None, *, ax=None, max_labels=10):
+    """Per-class coverage (sorted) against ``1 - alpha``, the classes flagged by the Holm-corrected tests in
+    red with their class id (up to ``max_labels`` names), from :class:`ClassCoverageData` (or ``sets,
     labels, alpha``); returns the ax."""
     if not isinstance(data, ClassCoverageData):
         data = prepare_class_coverage(data, labels, alpha)
     ax = axes(ax, size=_SIZE)
     cc = data.coverage
-    ax.plot(np.arange(cc.size), cc, "o-", ms=3, color="C0", label="class coverage (sorted)")
+    x = np.arange(cc.size)
+    ax.plot(x, cc, "o-", ms=3, color="C0", label="class coverage (sorted)")
+    if data.flagged is not None:
+        flagged = np.flatnonzero(data.flagged)
+        ax.plot(x[flagged], cc[flagged], "o", ms=5, color="C3",
+                label=f"flagged: Holm p <= {data.level:g} ({flagged.size})")
+        for j in flagged[:max_labels]:
+            ax.annotate(str(data.classes[j]), (x[j], cc[j]), textcoords="offset points", xytext=(3, -8),
+                        fontsize=6, color="C3")
     ax.axhline(1 - data.alpha, color="k", ls="--", lw=1, label="1 - alpha")
     ax.set_xlabel("class rank")
     ax.set_ylabel("coverage")

@@ -13,7 +13,8 @@ from calib.selective import risk_coverage_curve
 
 __all__ = ["RiskCoverageData", "prepare_risk_coverage", "plot_risk_coverage", "FrontierData",
            "prepare_completion_frontier", "plot_completion_frontier", "SliceData", "prepare_slices", "plot_slices",
-           "slices_figure_size", "ComparisonData", "prepare_comparison", "plot_comparison", "check_policy_name"]
+           "slices_figure_size", "ComparisonData", "prepare_comparison", "plot_comparison", "check_policy_name",
+           "MatchedData", "prepare_matched_comparison", "plot_matched_comparison"]
 
 _SIZE = (4.5, 3.5)
 
@@ -226,5 +227,110 @@ def plot_comparison(result, policy_name=None, *, target_risk=None):
     right.set_ylim(0, None)
     right.legend(fontsize=6, ncol=2)
     right.set_title("risk-coverage (test, calibrated max-prob)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedData:
+    """The matched-operating-point figure: per model (short ``labels``) its task-completion vs escalation
+    ``frontiers`` ``(label, escalation_rate, completion_rate)`` and, at each escalation budget of ``budgets``,
+    ``completion`` (n_models, n_budgets) with ``completion_lo`` / ``completion_hi``; the paired completion
+    differences ``diff_labels`` ("a − b @ point"), ``diff`` with ``diff_lo`` / ``diff_hi`` and
+    ``distinguishable`` (False: the interval contains 0)."""
+
+    labels: tuple
+    frontiers: tuple
+    budgets: np.ndarray
+    completion: np.ndarray
+    completion_lo: np.ndarray
+    completion_hi: np.ndarray
+    diff_labels: tuple
+    diff: np.ndarray
+    diff_lo: np.ndarray
+    diff_hi: np.ndarray
+    distinguishable: np.ndarray
+
+
+def prepare_matched_comparison(result) -> MatchedData:
+    """The plotted numbers of a :func:`calib.evaluation.compare.compare_models` result with ``matched``."""
+    matched = result.get("matched") if isinstance(result, dict) else None
+    if not matched:
+        raise ValueError("Expected a compare_models result with matched operating points (budgets or target_risks "
+                         f"given), got {'no matched entry' if isinstance(result, dict) else type(result).__name__}.")
+    names = list(matched["models"])
+    short = _short_names(names)
+    frontiers = tuple((short[n], f.escalation_rate, f.completion_rate)
+                      for n, f in (result.get("frontiers") or {}).items() if n in short)
+    blocks = matched["budgets"]
+    budgets = np.array([b["escalation_budget"] for b in blocks], dtype=np.float64)
+
+    def grid(key, part=None):
+        out = np.full((len(names), len(blocks)), np.nan)
+        for j, b in enumerate(blocks):
+            for i, n in enumerate(names):
+                m = b["models"][n]
+                v = m[key] if part is None else (m["ci"][key] or [np.nan, np.nan])[part]
+                out[i, j] = np.nan if v is None else v
+        return out
+
+    dl, d, lo, hi, ok = [], [], [], [], []
+    for b in blocks + matched["targets"]:
+        point = (f"esc {100 * b['escalation_budget']:g}%" if "escalation_budget" in b else f"risk {b['target_risk']:g}")
+        for row in b["differences"]:
+            x = row["task_completion_rate"]
+            if x["difference"] is None or x["ci"] is None:
+                continue
+            dl.append(f"{short[row['a']]} − {short[row['b']]} @ {point}")
+            d.append(x["difference"])
+            lo.append(x["ci"][0])
+            hi.append(x["ci"][1])
+            ok.append(bool(x["distinguishable"]))
+    return MatchedData(tuple(short[n] for n in names), frontiers, budgets,
+                       grid("task_completion_rate"), grid("task_completion_rate", 0), grid("task_completion_rate", 1),
+                       tuple(dl), np.array(d, dtype=np.float64), np.array(lo, dtype=np.float64),
+                       np.array(hi, dtype=np.float64), np.array(ok, dtype=bool))
+
+
+def plot_matched_comparison(result):
+    """Two panels from a :func:`calib.evaluation.compare.compare_models` result (or :class:`MatchedData`): each
+    model's task completion against its escalation rate (escalating its least confident items first), with
+    its operating points and paired-bootstrap intervals at the matched budgets; and every paired completion
+    difference with its interval (grey: not distinguishable from 0). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    data = result if isinstance(result, MatchedData) else prepare_matched_comparison(result)
+    n_diff = len(data.diff_labels)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(4.5, 0.22 * n_diff + 1.5)),
+                                      gridspec_kw={"width_ratios": [1, 1.2]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, label in enumerate(data.labels):
+        color = colors[i % len(colors)]
+        for flabel, esc, comp in data.frontiers:
+            if flabel == label:
+                left.plot(100 * esc, 100 * comp, lw=1, color=color, label=label)
+        if data.budgets.size:
+            y = 100 * data.completion[i]
+            left.errorbar(100 * data.budgets, y, yerr=[y - 100 * data.completion_lo[i], 100 * data.completion_hi[i] - y],
+                          fmt="o", ms=4, capsize=3, color=color)
+    for b in data.budgets.tolist():
+        left.axvline(100 * b, color="k", ls=":", lw=0.8)
+    if data.budgets.size:
+        left.set_xlim(0, min(100, 100 * float(data.budgets.max()) * 1.6 + 5))
+        lo = np.nanmin(data.completion_lo) if np.isfinite(data.completion_lo).any() else 0.0
+        left.set_ylim(100 * max(0.0, lo - 0.03), 100.5)
+    left.set_xlabel("escalation rate (%) — least confident items escalated first")
+    left.set_ylabel("task completion (%)")
+    left.set_title("matched escalation budgets (dotted): 95% paired-bootstrap intervals", fontsize=9)
+    left.legend(fontsize=7)
+    ys = np.arange(n_diff)[::-1]
+    for y, d, lo, hi, ok in zip(ys, data.diff, data.diff_lo, data.diff_hi, data.distinguishable):
+        right.errorbar([100 * d], [y], xerr=[[100 * (d - lo)], [100 * (hi - d)]], fmt="o", ms=4, capsize=3,
+                       color="tab:blue" if ok else "0.6")
+    right.axvline(0, color="k", lw=0.8)
+    right.set_yticks(ys)
+    right.set_yticklabels(data.diff_labels, fontsize=7)
+    right.set_xlabel("Δ task completion, a − b (points of %); grey: not distinguishable (interval contains 0)")
+    right.set_title("paired differences (same resampled test items)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -2,23 +2,40 @@
 
 Angelopoulos, Bates, Candès, Jordan & Lei (2021), "Learn then Test: Calibrating predictive algorithms
 to achieve risk control", arXiv:2110.01052. Items are answered when their confidence is >= a threshold
-``lam``; the selective risk is R(lam) = P(wrong | answered). On the calibration split:
+``lam``; the selective risk is R(lam) = P(wrong | answered), a property of the **population** (the
+distribution the calibration items were drawn from), not of any finite test set.
+
+What is guaranteed: over the draw of the n calibration items (exchangeable with future items),
+P(R(lam_hat) > r) <= delta for the returned threshold lam_hat. The risk measured on a finite test set
+scatters around R(lam_hat) with its own binomial noise, so a test-set risk above r is not by itself a
+violation; and nothing is claimed when the test distribution differs from the calibration one (shift).
+
+On the calibration split:
 
 1. grid: the distinct calibration confidences (or ``grid_size`` of their quantiles; labels unused),
    ordered from the most conservative (highest) threshold to the least;
 2. for each lam, null hypothesis H(lam): R(lam) > r; given the n(lam) answered items, their error count
    e(lam) is Binomial(n(lam), R(lam)), so p(lam) = P(Binomial(n(lam), r) <= e(lam)) is a valid p-value;
-3. fixed-sequence testing: walk down the grid rejecting while p(lam) <= delta and stop at the first
+3. fixed-sequence testing: walk down the grid rejecting while p(lam) <= level and stop at the first
    failure; every rejected lam has R(lam) <= r, jointly with probability >= 1 - delta (FWER control);
 4. return the last rejected (least conservative) lam; when nothing is rejected, say so and answer nothing.
 
-Fixed-sequence testing stops at its first failure, so one cluster of confident errors near the start
-would end the walk before it began. Following LTT's remark on several fixed sequences (Bonferroni over
-them), the walk is run from ``n_starts`` starting points, each at level delta / n_starts, and the union of
-the rejections is kept (FWER <= delta). The starts are spread evenly over the grid between the first
-threshold answering at least ``n_min`` items and the end, where ``n_min`` is the smallest n for which
-floor(r n / 2) errors would still be rejected at level delta / n_starts. Starts and order depend only on
-the confidences, n, r and delta, never on the labels, so the guarantee is unchanged.
+Two families of sequences (``family``; :data:`FAMILIES`):
+
+- ``"fixed_sequence"``: one sequence at level delta, started at the first threshold that answers at least
+  ``n_min`` items, where ``n_min`` is the smallest n for which floor(r n / 2) errors would still be rejected
+  at that level (a label-free start: it depends on the confidences, n, r and delta only);
+- ``"multi_start"`` (the default, and what every artifact written before the choice existed used):
+  fixed-sequence testing stops at its first failure, so one cluster of confident errors near the start
+  would end the walk before it began. Following LTT's remark on several fixed sequences (Bonferroni over
+  them), the walk is run from ``n_starts`` = 4 starting points, each at level delta / 4, and the union of
+  the rejections is kept (FWER <= delta). The starts are spread evenly over the grid between the first
+  threshold answering at least ``n_min`` items (computed at level delta / 4) and the end. Robust to an
+  early cluster of errors, but each walk runs at delta / 4, which costs automation when there is none
+  (``python experiments/audit_policy.py --families`` prints both on the same data).
+
+Starts and order depend only on the confidences, n, r and delta, never on the labels, so both families
+keep the guarantee.
 
 Budget mode bounds the escalation rate E(lam) = P(confidence < lam) <= b with the same machinery:
 p(lam) = P(Binomial(n, b) <= #escalated(lam)), walking up from the lowest threshold. With both a risk
@@ -33,13 +50,38 @@ import warnings
 
 import numpy as np
 
-from calib._validation import as_array, check_fraction, check_positive_int
+from calib._validation import as_array, check_choice, check_fraction, check_positive_int
 from calib.base import StateError, state_scalar
 from calib.selective import _check_conf_correct
 
-__all__ = ["Guarantee", "ltt_threshold", "binomial_upper_bound", "guarantee_from_state"]
+__all__ = ["Guarantee", "ltt_threshold", "binomial_upper_bound", "guarantee_from_state", "guarantee_statement",
+           "FAMILIES"]
 
 METHOD = "learn_then_test_fixed_sequence_binomial"
+#: Learn-then-Test families of fixed sequences -> number of sequences (each tested at level delta / n).
+FAMILIES = {"multi_start": 4, "fixed_sequence": 1}
+
+
+def guarantee_statement(*, target_risk, delta, max_escalation=None, family="multi_start", n_starts=None):
+    """The guarantee in plain words, as ``metrics.json`` states it.
+
+    >>> guarantee_statement(target_risk=0.02, delta=0.1)[:56]
+    'P(R(threshold) > 0.02) <= 0.1 over the draw of the calib'
+    """
+    n_starts = FAMILIES.get(family, 1) if n_starts is None else n_starts
+    how = (f"Learn then Test, {n_starts} fixed sequences from label-free starts, Bonferroni over them"
+           if n_starts > 1 else "Learn then Test, one fixed sequence from a label-free start")
+    events, defs = [], []
+    if target_risk is not None:
+        events.append(f"R(threshold) > {target_risk:g}")
+        defs.append("R is the population selective risk P(wrong | answered)")
+    if max_escalation is not None:
+        events.append(f"E(threshold) > {max_escalation:g}")
+        defs.append("E the population escalation rate P(escalated)")
+    return (f"P({' or '.join(events)}) <= {delta:g} over the draw of the calibration set, where "
+            f"{' and '.join(defs)} of the fitted threshold on new items exchangeable with the calibration items "
+            f"({how}). Not a bound on the rate measured on a finite test set, which scatters around the population "
+            "value with its own binomial noise; no claim under distribution shift.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +173,9 @@ def _fixed_sequence(pvalues, delta):
 
 
 def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escalation=None, grid_size=None,
-                  n_starts=4):
-    """Choose a confidence threshold with P(selective risk > target_risk) <= delta (Learn then Test).
+                  n_starts=None, family="multi_start"):
+    """Choose a confidence threshold with P(R(threshold) > target_risk) <= delta over the draw of the
+    calibration set, R the population selective risk (Learn then Test).
 
     Parameters
     ----------
@@ -149,8 +192,11 @@ def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escal
         Budget b on the escalation rate (share of items not answered).
     grid_size : int, optional
         Number of quantile thresholds (default: every distinct confidence).
-    n_starts : int, default 4
-        Number of fixed sequences for the risk target (each at level delta / n_starts).
+    n_starts : int, optional
+        Number of fixed sequences for the risk target (each at level delta / n_starts); default: that of
+        ``family`` (4 for ``"multi_start"``, 1 for ``"fixed_sequence"``, which allows no other value).
+    family : {"multi_start", "fixed_sequence"}, default "multi_start"
+        Family of fixed sequences (see the module docstring and :data:`FAMILIES`).
 
     Returns
     -------
@@ -166,7 +212,13 @@ def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escal
     if target_risk is None and max_escalation is None:
         raise ValueError("Expected target_risk or max_escalation (or both), got neither.")
     delta = check_fraction(delta, "delta")
+    family = check_choice(family, "family", tuple(FAMILIES))
+    if n_starts is None:
+        n_starts = FAMILIES[family]
     n_starts = check_positive_int(n_starts, "n_starts")
+    if family == "fixed_sequence" and n_starts != 1:
+        raise ValueError(f"Expected n_starts=1 (or None) with family='fixed_sequence' (one sequence at level delta), "
+                         f"got n_starts={n_starts}.")
     if grid_size is not None:
         grid_size = check_positive_int(grid_size, "grid_size", minimum=2)
     if target_risk is not None:

@@ -24,7 +24,7 @@ from calib._validation import (as_array, check_choice, check_fraction, check_lab
                                check_probs_labels)
 from calib.base import Component, NotFittedError, StateError, state_array, state_scalar  # noqa: F401  (re-export)
 from calib.policy.costs import as_cost_model
-from calib.policy.guarantees import guarantee_from_state, ltt_threshold
+from calib.policy.guarantees import FAMILIES, guarantee_from_state, guarantee_statement, ltt_threshold
 from calib.selective import CONFIDENCES, confidence_domain, confidence_scores
 
 __all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
@@ -247,16 +247,24 @@ class ThresholdPolicy(_ScoreThresholdPolicy):
 
 
 class RiskControlPolicy(_ScoreThresholdPolicy):
-    """Threshold chosen by Learn then Test so that P(selective risk > target_risk) <= delta, optionally with
-    an escalation budget (see :mod:`calib.policy.guarantees`; Angelopoulos et al. 2021, arXiv:2110.01052).
+    """Threshold chosen by Learn then Test so that, over the draw of the calibration set,
+    P(R(threshold) > target_risk) <= delta, where R is the **population** selective risk P(wrong | answered)
+    on new items exchangeable with the calibration items (not the risk of a finite test set); optionally
+    with an escalation budget (see :mod:`calib.policy.guarantees`; Angelopoulos et al. 2021, arXiv:2110.01052).
+
+    ``family`` chooses the fixed sequences: ``"multi_start"`` (default; 4 sequences from label-free starts,
+    each at level delta / 4 — robust to an early cluster of confident errors, slightly conservative) or
+    ``"fixed_sequence"`` (one sequence from a label-free start at level delta). Both keep the guarantee.
+    Artifacts written before the choice existed load as ``"multi_start"``, which is what they used.
 
     When nothing is certified it warns and escalates every item (``guarantee_.certified`` is False).
+    ``guarantee()`` adds the family and a plain ``statement`` of what is guaranteed.
     """
 
     kind = "risk_control"
 
     def __init__(self, *, target_risk=0.05, delta=0.1, max_escalation=None, confidence="max_prob", grid_size=None,
-                 fallback_threshold=None, fallback="auto", costs=None):
+                 family="multi_start", fallback_threshold=None, fallback="auto", costs=None):
         super().__init__(fallback=fallback, costs=costs)
         self._init_confidence(confidence, fallback_threshold)
         self.target_risk = None if target_risk is None else check_fraction(target_risk, "target_risk")
@@ -267,17 +275,28 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
         if grid_size is not None:
             grid_size = check_positive_int(grid_size, "grid_size", minimum=2)
         self.grid_size = grid_size
+        self.family = check_choice(family, "family", tuple(FAMILIES))
 
     def _fit(self, p, y, sets, fb):
         conf = confidence_scores(p, self.confidence)
         correct = p.argmax(axis=1) == y
         g = ltt_threshold(conf, correct, target_risk=self.target_risk, delta=self.delta,
-                          max_escalation=self.max_escalation, grid_size=self.grid_size)
+                          max_escalation=self.max_escalation, grid_size=self.grid_size, family=self.family)
         self.guarantee_ = g
         self.threshold_ = g.threshold
 
     def guarantee(self):
-        return self.guarantee_.to_dict()
+        """The fitted guarantee (:class:`~calib.policy.guarantees.Guarantee` as a dict) plus ``family``,
+        ``n_starts`` and ``statement``: what is guaranteed, in words."""
+        return {**self.guarantee_.to_dict(), "family": self.family, "n_starts": FAMILIES[self.family],
+                "statement": guarantee_statement(target_risk=self.target_risk, delta=self.delta,
+                                                 max_escalation=self.max_escalation, family=self.family)}
+
+    @classmethod
+    def _upgrade_params(cls, params):
+        params = super()._upgrade_params(params)
+        params.setdefault("family", "multi_start")  # artifacts written before the choice: multi-start, always
+        return params
 
     def _get_state(self):
         scalars, arrays = super()._get_state()
@@ -297,10 +316,33 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
             max_escalation=self.max_escalation, domain=self._confidence_domain(), owner=type(self))
 
 
+#: Nonconformity scores whose sets are built by rank (cumulative mass or rank of the label): an empty set means
+#: the top class alone already passes the threshold — a *very* confident item. Keep in sync with
+#: ``calib.conformal.scores.SCORES`` (tests/test_policy.py checks that every score is classified).
+RANK_SCORES = ("aps", "raps", "saps", "topk")
+#: Scores whose sets are {class: score <= q}: an empty set means no class is plausible enough — doubt.
+THRESHOLD_SCORES = ("lac",)
+EMPTY_SET_RULES = ("escalate", "answer_top", "auto")
+
+
 class ConformalRoutingPolicy(RoutingPolicy):
-    """Route on a conformal prediction set: answer when it is a singleton, fall back when the fallback's
-    label is inside it, escalate otherwise (empty or ambiguous sets). Needs ``sets`` from a fitted conformal
-    predictor (Angelopoulos & Bates 2021, "A gentle introduction to conformal prediction").
+    """Route on a conformal prediction set: answer a singleton, fall back when the fallback's label is inside
+    the set, escalate an ambiguous set (two or more classes). Needs ``sets`` from a fitted conformal predictor
+    (Angelopoulos & Bates 2021, "A gentle introduction to conformal prediction").
+
+    An **empty** set means different things for different scores, so ``empty_set`` says what to do with it:
+
+    - ``"escalate"`` (default; what every artifact written before the choice existed did): the empty set is
+      doubt and is escalated. Right for LAC (``score=lac``, sets {j: 1 - p_j <= q}): an empty set means no
+      class reaches probability 1 - q;
+    - ``"answer_top"``: the empty set is answered with the model's top label. Right for the rank scores (APS,
+      RAPS, SAPS, top-k): their set is empty when the top class alone already exceeds the threshold, i.e. on
+      items the model is very sure of (with non-randomised APS on a 100-class set these are ~9 % of items, at
+      confidence >= 0.998 and 100 % right);
+    - ``"auto"``: the rule of ``set_score``, the name of the nonconformity score that built the sets —
+      ``"answer_top"`` for :data:`RANK_SCORES`, ``"escalate"`` for :data:`THRESHOLD_SCORES`.
+      ``conf/policy/conformal_routing.yaml`` sets ``empty_set: auto`` and ``set_score`` to the configured
+      ``conformal.score``. Fitting with ``"auto"`` and no ``set_score`` is an error.
 
     When answering, the output is the model's top label (a singleton set holds it for LAC/APS-type sets).
 
@@ -308,13 +350,34 @@ class ConformalRoutingPolicy(RoutingPolicy):
     >>> p = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]])
     >>> ConformalRoutingPolicy(fallback=1).fit(p, np.array([0, 1, 0]), sets=sets).route(p, sets=sets).actions.tolist()
     [0, 2, 1]
+    >>> ConformalRoutingPolicy(fallback=1, empty_set="answer_top").fit(p, np.array([0, 1, 0]), sets=sets).route(
+    ...     p, sets=sets).actions.tolist()
+    [0, 2, 0]
     """
 
     kind = "conformal_routing"
     needs_sets = True
 
-    def __init__(self, *, fallback="auto", costs=None):
+    def __init__(self, *, empty_set="escalate", set_score=None, fallback="auto", costs=None):
         super().__init__(fallback=fallback, costs=costs)
+        self.empty_set = check_choice(empty_set, "empty_set", EMPTY_SET_RULES)
+        if set_score is not None:
+            set_score = check_choice(set_score, "set_score", RANK_SCORES + THRESHOLD_SCORES)
+        self.set_score = set_score
+
+    @property
+    def empty_set_rule(self):
+        """The rule in force: ``"escalate"`` or ``"answer_top"`` (``"auto"`` resolved through ``set_score``)."""
+        if self.empty_set != "auto":
+            return self.empty_set
+        if self.set_score is None:
+            raise ValueError("Expected set_score (the nonconformity score of the sets: one of "
+                             f"{list(RANK_SCORES + THRESHOLD_SCORES)}) with empty_set='auto', got set_score=None; "
+                             "set it, or set empty_set to 'escalate' or 'answer_top'.")
+        return "answer_top" if self.set_score in RANK_SCORES else "escalate"
+
+    def _fit(self, p, y, sets, fb):
+        self.empty_set_rule  # noqa: B018  (refuse 'auto' without a score before anything is routed)
 
     def _actions(self, p, pred, sets, fb):
         size = sets.sum(axis=1)
@@ -322,7 +385,14 @@ class ConformalRoutingPolicy(RoutingPolicy):
         if fb is not None:
             in_set = np.take_along_axis(sets, fb[:, None], axis=1)[:, 0]
             actions = np.where(in_set & (size >= 1), FALLBACK, actions)
-        return np.where(size == 1, ANSWER, actions)
+        answer = (size == 1) | ((size == 0) & (self.empty_set_rule == "answer_top"))
+        return np.where(answer, ANSWER, actions)
+
+    @classmethod
+    def _upgrade_params(cls, params):
+        params = super()._upgrade_params(params)
+        params.setdefault("empty_set", "escalate")  # artifacts written before the choice escalated empty sets
+        return params
 
 
 class CostPolicy(RoutingPolicy):
