@@ -306,3 +306,36 @@ def test_shift_report_tests_conformal_coverage_under_label_shift():
     assert c["coverage"] < 0.88 and t["rejected"]  # long-tailed calibration -> balanced test: coverage broke
     assert 9 in c["class_coverage_test"]["flagged"]  # the rarest calibration class
     assert not ctl["conformal"]["coverage_test"]["rejected"]  # exchangeable halves: no evidence
+
+
+@pytest.mark.parametrize("rel", ["cifar_netcal/cifar100_densenet_bc100.npz", "cifar_netcal/cifar100_wrn16_4.npz"])
+def test_mondrian_class_on_cifar100_flags_what_chance_allows(rel):
+    """Must-show of issue #12 on real 100-class logits. Class-conditional sets are valid per class, so each class's
+    exact p-value is super-uniform and, given the labels, independent across classes: the number with p <= 0.05 is
+    stochastically below Binomial(k, 0.05) (checked against its 0.999 quantile), and Holm keeps the family-wise
+    error at 0.05 (zero flags: a level-0.05 test of "the procedure is valid per class"). The old point-estimate
+    list ("coverage below 1 - alpha") is recomputed beside it: it holds a third of the classes."""
+    from calib.calibrators import TemperatureScaling
+    from calib.conformal import MondrianConformal
+    from calib.evaluation.conformal import coverage_law_kwargs
+    from conftest import load_shared
+
+    alpha, level = 0.1, 0.05
+    data = load_shared(rel)
+    cal, test = data.split_cal_test()
+    ts = TemperatureScaling().fit(cal.logits, cal.labels)
+    pc, pt = ts.predict_proba(cal.logits), ts.predict_proba(test.logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pred = MondrianConformal(condition="class", score="lac", alpha=alpha).fit(pc, cal.labels)
+    sets = pred.predict_set(pt)
+    block = sm.set_metrics(sets, test.labels, alpha, **coverage_law_kwargs(pred))
+    t = block["class_coverage_test"]
+    assert t["law"] == "beta_binomial" and t["n_tested"] == 100 and t["level"] == level
+    bound = int(stats.binom.ppf(0.999, t["n_tested"], level))
+    assert t["n_p_below_level"] <= bound, (t["n_p_below_level"], bound)
+    assert t["flagged"] == []
+    # the old verdict, by hand: classes whose observed coverage is below 1 - alpha
+    hits = sets[np.arange(test.labels.size), test.labels]
+    cov = np.bincount(test.labels, weights=hits, minlength=100) / np.bincount(test.labels, minlength=100)
+    assert int((cov < 1 - alpha).sum()) >= 25  # a third of the classes: what chance gives with ~50 items a class

@@ -448,9 +448,10 @@ def matched_markdown(matched, *, accuracy=None):
     for blk in matched["budgets"] + matched["targets"]:
         point = (f"escalate {100 * blk['escalation_budget']:g}%" if "escalation_budget" in blk
                  else f"risk {blk['target_risk']:g}")
+        matched_automation = "escalation_budget" in blk  # equal by construction: no interval to read
         for d in blk["differences"]:
             out.append("| " + " | ".join([point, d["a"], d["b"], _diff_cell(d["task_completion_rate"], _pct),
-                                          _diff_cell(d["automation_rate"], _pct),
+                                          "matched" if matched_automation else _diff_cell(d["automation_rate"], _pct),
                                           _diff_cell(d["selective_risk"], _pct),
                                           _diff_cell(d["expected_cost"], _num)]) + " |")
     return "\n".join(out) + "\n"
