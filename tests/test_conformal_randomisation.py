@@ -397,3 +397,23 @@ def test_seed_only_draws_are_not_exact_conditionally_on_the_seed_fresh_draws_are
         chi2[draws] = (stats.chi2.sf(float((z ** 2).sum()), z.size), z.min())
     assert chi2["split"][0] > 1e-3, chi2
     assert chi2["seed_only"][0] < 1e-2 and chi2["seed_only"][1] < -3, chi2
+
+
+def test_coverage_curve_sweep_leaves_set_size_warnings_to_the_configured_alpha():
+    """The coverage-vs-alpha figure refits down to alpha = 0.02 on purpose; its fit must not repeat set-size
+    warnings about alphas nobody configured (the same fit outside the figure does warn, so the data trigger it)."""
+    import warnings as _w
+
+    from calib.conformal import SetSizeWarning, SplitConformal
+    from calib.plotting.conformal import prepare_coverage_curve
+
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet(np.ones(3), size=600)
+    y = rng.integers(0, 3, 600)
+    with pytest.warns(SetSizeWarning):
+        SplitConformal(score="lac", alpha=[0.02, 0.1]).fit(p[:300], y[:300])
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        prepare_coverage_curve(lambda al: SplitConformal(score="lac", alpha=list(al)), p[:300], y[:300], p[300:],
+                               y[300:])
+    assert not [w for w in caught if issubclass(w.category, SetSizeWarning)]

@@ -7,11 +7,13 @@ matplotlib is imported inside the plotting functions only.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
 from calib._validation import check_binary, check_fraction, check_labels
 from calib.conformal.quantile import conformal_rank
+from calib.conformal.split import SetSizeWarning
 from calib.plotting import axes
 
 __all__ = ["CoverageCurveData", "prepare_coverage_curve", "plot_coverage_curve", "SetSizeData",
@@ -60,7 +62,11 @@ def prepare_coverage_curve(predictor_factory, cal_probs, cal_labels, test_probs,
     from scipy import stats
 
     alphas = np.asarray(alphas if alphas is not None else np.linspace(0.02, 0.3, 15), dtype=np.float64)
-    pred = predictor_factory([float(a) for a in alphas]).fit(cal_probs, cal_labels, groups=cal_groups)
+    with warnings.catch_warnings():
+        # the curve sweeps alpha down to 0.02 on purpose: set-size warnings belong to the configured alpha, whose
+        # own fit (the conformal stage) reports them
+        warnings.simplefilter("ignore", SetSizeWarning)
+        pred = predictor_factory([float(a) for a in alphas]).fit(cal_probs, cal_labels, groups=cal_groups)
     sets = pred.predict_set(test_probs, groups=test_groups)
     n, m = int(np.asarray(cal_labels).shape[0]), int(np.asarray(test_labels).shape[0])
     cov = np.array([float(_hits(sets[:, :, j], test_labels).mean()) for j in range(alphas.size)])
