@@ -52,7 +52,7 @@ class MondrianConformal(ConformalBase):
     Examples
     --------
     >>> rng = np.random.default_rng(0)
-    >>> p = rng.dirichlet(np.ones(3), size=300); y = rng.integers(0, 3, 300)
+    >>> p = rng.dirichlet(np.full(3, 0.3), size=300); y = (p.cumsum(1) > rng.random((300, 1))).argmax(1)
     >>> MondrianConformal(condition="class", alpha=0.2).fit(p, y).qhat_.shape
     (3,)
     """

@@ -450,7 +450,7 @@ class SplitConformal(ConformalBase):
     Examples
     --------
     >>> rng = np.random.default_rng(0)
-    >>> p = rng.dirichlet(np.ones(5), size=200); y = rng.integers(0, 5, 200)
+    >>> p = rng.dirichlet(np.full(5, 0.3), size=200); y = (p.cumsum(1) > rng.random((200, 1))).argmax(1)
     >>> cp = SplitConformal(score="lac", alpha=0.2).fit(p, y)
     >>> cp.predict_set(p).shape
     (200, 5)
