@@ -4,12 +4,16 @@ the pipeline) as JSON and ``.npz``.
 Layout of ``artifact/``::
 
     manifest.json   format, schema_version, calib_version, created_utc, n_classes, class_names,
-                    components {"calibrator": {"kind", "params", "state", "arrays": [...]},
+                    components {"calibrator": {"kind", "params", "state", "arrays": {name: {dtype, shape}}},
                                 "conformal": {...}, "policy": {...}},
+                    portable (every component predicts with numpy alone: calib.runtime serves it),
+                    pipeline (schema 2: the input contract, the reliability table behind the confidence
+                    bands, the probe rows ``calib verify`` recomputes; see calib.deploy),
                     data_fingerprint, metrics, files {name: sha256},
                     manifest_sha256 (digest of the rest of the manifest)
     arrays.npz      every component's arrays, keyed "<component>.<name>" (read with allow_pickle=False)
     config.yaml     optional provenance (never instantiated on load)
+    signature.json  optional: HMAC-SHA256 of manifest.json's bytes under a key the team holds
 
 Writing goes to a temporary sibling folder that is renamed into place, so a reader never sees half an
 artifact: with ``overwrite=False`` the rename is exclusive (two concurrent saves cannot both succeed);
@@ -24,6 +28,15 @@ the manifest names, each member's header (dtype, shape, byte count) checked agai
 its data are read, the total decompressed size capped (:data:`MAX_LOAD_BYTES`, ``max_bytes=``), and every
 component's state validated by its ``from_state`` (:mod:`calib.base`) as strictly as its constructor
 validates parameters. No pickle, no ``hydra.utils.instantiate``.
+
+Checksums stop accidents, not edits. Against edits, sign: ``save_artifact(..., key=...)`` (or the
+environment variable ``CALIB_SIGNING_KEY`` / ``CALIB_SIGNING_KEY_FILE``) writes ``signature.json``, the
+HMAC-SHA256 (standard library ``hmac``) of ``manifest.json``'s bytes, which list the sha256 of every other
+file. Whenever a key is configured, loading requires a signature made with it and refuses a missing or
+wrong one; without a key a signature is not checked (``calib inspect`` says so).
+
+Versions: schema 1 (calib 0.1) and 2 (0.2: the ``pipeline`` block) load; a newer schema is refused naming
+the schema and the calib that wrote it.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import ctypes
 import datetime as _dt
 import errno
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -49,14 +63,20 @@ from calib._atomic import umask
 from calib._json import to_json
 
 __all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "data_fingerprint", "content_id",
-           "ArtifactError",
-           "ArtifactNotFoundError",
-           "FORMAT", "SCHEMA_VERSION", "MAX_LOAD_BYTES"]
+           "signing_key", "ArtifactError", "ArtifactNotFoundError", "SignatureError",
+           "FORMAT", "SCHEMA_VERSION", "READABLE_SCHEMAS", "MAX_LOAD_BYTES", "KEY_ENV", "KEY_FILE_ENV"]
 
 FORMAT = "calib.artifact"
-SCHEMA_VERSION = 1
+#: The schema this calib writes; 2 added the ``pipeline`` block (input contract, reliability table, probe rows).
+SCHEMA_VERSION = 2
+#: The schemas this calib reads.
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
+SIGNATURE = "signature.json"
+#: Environment variables naming the signing key: the key itself, or a file holding it.
+KEY_ENV, KEY_FILE_ENV = "CALIB_SIGNING_KEY", "CALIB_SIGNING_KEY_FILE"
+_MIN_KEY_BYTES = 16
 #: Default cap on what :func:`load_pipeline` decompresses from ``arrays.npz`` (sum of the members it
 #: reads) and on the size of ``manifest.json``; pass ``max_bytes=`` to load a larger artifact.
 MAX_LOAD_BYTES = 1 << 30
@@ -70,6 +90,74 @@ class ArtifactError(ValueError):
 
 class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
     """The artifact folder does not exist (or is not a folder)."""
+
+
+class SignatureError(ArtifactError):
+    """A signing key is configured and the artifact's signature is missing or was not made with it."""
+
+
+def signing_key(key=None):
+    """The signing key as bytes: ``key`` (bytes or str) when given, else the content of the file named by
+    ``CALIB_SIGNING_KEY_FILE``, else ``CALIB_SIGNING_KEY``; None when none is configured. A key shorter than
+    16 bytes is refused (it would be guessable)."""
+    if key is None:
+        path = os.environ.get(KEY_FILE_ENV, "").strip()
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    key, where = fh.read(1 << 16).rstrip(b"\r\n"), f"the file {path!r} named by {KEY_FILE_ENV}"
+            except OSError as err:
+                raise SignatureError(f"Expected a readable signing key file in {KEY_FILE_ENV}, got {path!r}: "
+                                     f"{err.strerror or err}.") from None
+        elif os.environ.get(KEY_ENV):
+            key, where = os.environ[KEY_ENV].encode(), KEY_ENV
+        else:
+            return None
+    else:
+        where = "key="
+        if isinstance(key, str):
+            key = key.encode()
+        if not isinstance(key, (bytes, bytearray)):
+            raise TypeError(f"Expected key as bytes or str, got {type(key).__name__}.")
+    if len(key) < _MIN_KEY_BYTES:
+        raise SignatureError(f"Expected a signing key of at least {_MIN_KEY_BYTES} bytes, got {len(key)} "
+                             f"(from {where}).")
+    return bytes(key)
+
+
+def _sign(manifest_bytes, key):
+    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
+
+
+def _check_signature(path, manifest_bytes, key):
+    """Refuse unless ``signature.json`` in ``path`` holds the HMAC of ``manifest_bytes`` under ``key``."""
+    spath = path / SIGNATURE
+    if not spath.is_file():
+        raise SignatureError(f"Artifact {str(path)!r} is not signed, but a signing key is configured; refusing to "
+                             f"load it (sign it with calib.artifacts.save_artifact(..., key=...), or unset "
+                             f"{KEY_ENV} / {KEY_FILE_ENV} to load unsigned artifacts).")
+    try:
+        sig = json.loads(spath.read_bytes()[:4096].decode("utf-8"))
+        algorithm, digest = sig["algorithm"], sig["hmac"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise SignatureError(f"Expected {SIGNATURE} in {str(path)!r} as {{algorithm, hmac}}, got an unreadable "
+                             "file.") from None
+    if algorithm != "hmac-sha256" or not isinstance(digest, str):
+        raise SignatureError(f"Expected algorithm 'hmac-sha256' in {SIGNATURE} of {str(path)!r}, got {algorithm!r}.")
+    if not hmac.compare_digest(digest, _sign(manifest_bytes, key)):
+        raise SignatureError(f"Signature mismatch for {str(path)!r}: the artifact was modified after it was signed, "
+                             "or signed with another key.")
+
+
+def signature_status(path, key=None):
+    """``"unsigned"``, ``"signed (not verified: no key configured)"`` or ``"signed, verified"`` (raises
+    :class:`SignatureError` for a wrong or missing signature when a key is configured)."""
+    path = Path(path)
+    key = signing_key(key)
+    if key is None:
+        return "signed (not verified: no key configured)" if (path / SIGNATURE).is_file() else "unsigned"
+    _check_signature(path, (path / MANIFEST).read_bytes(), key)
+    return "signed, verified"
 
 
 #: Pipeline components in the order they are applied; each has a registry ``<module>.REGISTRY``.
@@ -143,7 +231,7 @@ def _describe(component, obj):
 
 
 def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None, data_fingerprint=None,
-                  class_names=None, config_yaml=None, overwrite=False):
+                  class_names=None, config_yaml=None, overwrite=False, pipeline=None, key=None):
     """Write a fitted pipeline (calibrator, optional conformal predictor and policy) to ``path`` atomically.
 
     Parameters
@@ -163,12 +251,19 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
     config_yaml : str, optional
         Resolved experiment config, kept as provenance only (never instantiated on load).
     overwrite : bool, default False
+    pipeline : (dict, dict of arrays), optional
+        The ``pipeline`` block of the manifest and its arrays (stored as ``pipeline.<name>``): written by
+        :meth:`calib.deploy.FittedPipeline.save`.
+    key : bytes or str, optional
+        Signing key; default: :func:`signing_key` (``CALIB_SIGNING_KEY_FILE`` / ``CALIB_SIGNING_KEY``). With
+        a key the artifact gets ``signature.json``.
 
     Returns
     -------
     Path of the artifact folder.
     """
     path = Path(path)
+    key = signing_key(key)  # a bad key fails before anything is written
     _check_destination(path, overwrite)
     components, flat = {}, {}
     for name, obj in (("calibrator", calibrator), ("conformal", conformal), ("policy", policy)):
@@ -176,8 +271,8 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
             continue
         entry, arrays = _describe(name, obj)
         components[name] = entry
-        for key, a in arrays.items():
-            flat[f"{name}.{key}"] = a
+        for name_, a in arrays.items():
+            flat[f"{name}.{name_}"] = a
     if "calibrator" not in components:
         raise TypeError("Expected a fitted calibrator as the first argument, got None.")
     n_classes = int(components["calibrator"]["state"]["n_classes"])
@@ -189,6 +284,24 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
         class_names = [str(c) for c in class_names]
         if len(class_names) != n_classes:
             raise ValueError(f"Expected {n_classes} class_names, got {len(class_names)}.")
+    portable = all(type(obj).portable for obj in (calibrator, conformal, policy) if obj is not None)
+    if not portable:
+        import warnings
+
+        which = [f"{obj.kind!r}" for obj in (calibrator, conformal, policy) if obj is not None and not type(obj).portable]
+        warnings.warn(f"Saving {', '.join(which)}: not portable. It needs its third-party package to predict, so "
+                      f"this artifact loads in calib with that package installed, not in calib.runtime (numpy only).",
+                      UserWarning, stacklevel=2)
+    block = None
+    if pipeline is not None:
+        block, parrays = pipeline
+        block = dict(block)
+        parrays = {k: np.asarray(a) for k, a in parrays.items()}
+        block["arrays"] = {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in sorted(parrays.items())}
+        for k, a in parrays.items():
+            if a.dtype.kind not in _ARRAY_KINDS:
+                raise TypeError(f"Refusing to store {a.dtype} array pipeline.{k}: numeric arrays only.")
+            flat[f"pipeline.{k}"] = a
     manifest = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -197,6 +310,8 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
         "n_classes": n_classes,
         "class_names": class_names,
         "components": components,
+        "portable": portable,
+        "pipeline": block,
         "data_fingerprint": data_fingerprint,
         "metrics": metrics,
     }
@@ -215,7 +330,11 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
             files.append("config.yaml")
         manifest["files"] = {name: _sha256_file(tmp / name) for name in files}
         manifest["manifest_sha256"] = _manifest_digest(manifest)
-        _write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+        _write_synced(tmp / MANIFEST, manifest_bytes)
+        if key is not None:
+            _write_synced(tmp / SIGNATURE, (json.dumps({"algorithm": "hmac-sha256", "hmac": _sign(manifest_bytes, key)},
+                                                       indent=2) + "\n").encode())
         _fsync_dir(tmp)
         _publish(tmp, path, overwrite)
         _fsync_dir(path.parent)
@@ -383,7 +502,8 @@ def _write_npz(path, arrays):
 
 #: Manifest fields that identify what an artifact holds (not when or by which calib it was written, nor the
 #: metrics stored beside it): two saves of the same fit have the same :func:`content_id`.
-_CONTENT_FIELDS = ("format", "schema_version", "n_classes", "class_names", "components", "data_fingerprint", "files")
+_CONTENT_FIELDS = ("format", "schema_version", "n_classes", "class_names", "components", "data_fingerprint", "files",
+                   "pipeline")
 
 
 def content_id(manifest):
@@ -396,7 +516,7 @@ def content_id(manifest):
     """
     if not isinstance(manifest, dict):
         manifest = read_manifest(manifest)
-    body = {k: manifest.get(k) for k in _CONTENT_FIELDS}
+    body = {k: manifest.get(k) for k in _CONTENT_FIELDS if k in manifest or k != "pipeline"}  # schema-1 ids unchanged
     return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
@@ -406,17 +526,19 @@ def _manifest_digest(manifest):
     return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
-def read_manifest(path, *, max_bytes=None):
+def read_manifest(path, *, max_bytes=None, key=None):
     """Read and check ``manifest.json`` and the sha256 of every file it lists; return the manifest.
 
-    ``max_bytes`` (default :data:`MAX_LOAD_BYTES`) caps the size of each listed file.
+    ``max_bytes`` (default :data:`MAX_LOAD_BYTES`) caps the size of each listed file. With a signing key
+    (``key`` or :func:`signing_key`'s environment variables) the signature must match.
     """
     path = Path(path)
     cap = _check_cap(max_bytes)
-    return _retry_if_replaced(path, lambda: _read_manifest(path, cap))
+    key = signing_key(key)
+    return _retry_if_replaced(path, lambda: _read_manifest(path, cap, key))
 
 
-def _read_manifest(path, cap):
+def _read_manifest(path, cap, key=None):
     mpath = path / MANIFEST
     if not path.is_dir():
         raise ArtifactNotFoundError(f"Expected an artifact folder with {MANIFEST}, got {str(path)!r} without one "
@@ -426,8 +548,11 @@ def _read_manifest(path, cap):
     if mpath.stat().st_size > _MAX_MANIFEST_BYTES:
         raise ArtifactError(f"Expected {MANIFEST} of at most {_MAX_MANIFEST_BYTES} bytes in {str(path)!r}, got "
                             f"{mpath.stat().st_size} bytes.")
+    raw = mpath.read_bytes()
+    if key is not None:  # before anything else is believed: an edit with recomputed checksums stops here
+        _check_signature(path, raw, key)
     try:
-        manifest = json.loads(mpath.read_bytes().decode("utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ArtifactError(f"Corrupted {MANIFEST} in {str(path)!r}: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -435,9 +560,13 @@ def _read_manifest(path, cap):
             f"Expected format {FORMAT!r} in {str(mpath)!r}, got {manifest.get('format') if isinstance(manifest, dict) else manifest!r}."
         )
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS or isinstance(version, bool):
+        writer = manifest.get("calib_version")
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > max(READABLE_SCHEMAS)
         raise ArtifactError(
-            f"Unsupported artifact schema_version {version!r} in {str(mpath)!r}; this calib reads: [{SCHEMA_VERSION}]."
+            f"Unsupported artifact schema_version {version!r} (written by calib {writer!r:.40}) in {str(mpath)!r}; "
+            f"this calib {_version()} reads schema versions {list(READABLE_SCHEMAS)}"
+            + ("; upgrade calib to load it." if newer else ".")
         )
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise ArtifactError(
@@ -576,22 +705,26 @@ def _inode(path):
     return (st.st_dev, st.st_ino)
 
 
-def load_pipeline(path, *, max_bytes=None):
+def load_pipeline(path, *, max_bytes=None, key=None, with_manifest=False):
     """Load every component stored in an artifact folder: ``{"calibrator": ..., "conformal": ..., ...}``.
 
     The folder is untrusted input (see the module docstring). ``max_bytes`` (default
     :data:`MAX_LOAD_BYTES`, 1 GiB) caps what is decompressed. Raises :class:`ArtifactError` (a
     ``ValueError``) for a corrupted, tampered, oversized or unsupported artifact, naming the file and field,
     and ``FileNotFoundError`` for a missing folder. A folder replaced by a concurrent save while it is read
-    is read again.
+    is read again. With a signing key (``key=`` or the environment, :func:`signing_key`) a missing or wrong
+    signature is a :class:`SignatureError`. ``with_manifest=True`` returns ``(components, manifest,
+    pipeline_arrays)``: the verified manifest and the arrays of its ``pipeline`` block, read in the same pass.
     """
     path = Path(path)
     cap = _check_cap(max_bytes)
-    return _retry_if_replaced(path, lambda: _load_pipeline(path, cap))
+    key = signing_key(key)
+    out = _retry_if_replaced(path, lambda: _load_pipeline(path, cap, key))
+    return out if with_manifest else out[0]
 
 
-def _load_pipeline(path, cap):
-    manifest = read_manifest(path, max_bytes=cap)
+def _load_pipeline(path, cap, key):
+    manifest = _read_manifest(path, cap, key)
     mfile = str(path / MANIFEST)
     components = manifest.get("components")
     if not isinstance(components, dict) or "calibrator" not in components:
@@ -606,7 +739,15 @@ def _load_pipeline(path, cap):
             raise ArtifactError(f"Expected components.{name} in {mfile!r} as a table with params and state tables, "
                                 f"got {entry!r:.200}.")
         specs[name] = _array_specs(entry, f"components.{name}")
-        wanted.update({f"{name}.{key}": spec for key, spec in specs[name].items()})
+        wanted.update({f"{name}.{k}": spec for k, spec in specs[name].items()})
+    block = manifest.get("pipeline")
+    if block is not None:
+        if not isinstance(block, dict):
+            raise ArtifactError(f"Expected pipeline in {mfile!r} as a table, got {type(block).__name__}.")
+        pspecs = _array_specs(block, "pipeline") if "arrays" in block else {}
+        if any(dtype is None for dtype, _ in pspecs.values()):
+            raise ArtifactError(f"Expected pipeline.arrays in {mfile!r} with dtype and shape of each array.")
+        wanted.update({f"pipeline.{k}": spec for k, spec in pspecs.items()})
     stored = _read_members(path / ARRAYS, wanted, cap, manifest["files"][ARRAYS])
     n_classes = manifest.get("n_classes")
     class_names = manifest.get("class_names")
@@ -635,7 +776,8 @@ def _load_pipeline(path, cap):
             raise ArtifactError(f"Expected components.{name} in {mfile!r} fitted on n_classes={n_classes!r} "
                                 f"(the manifest's), got {obj.n_classes_}.")
         out[name] = obj
-    return out
+    parrays = {k[len("pipeline."):]: a for k, a in stored.items() if k.startswith("pipeline.")}
+    return out, manifest, parrays
 
 
 def load_artifact(path, *, max_bytes=None):

@@ -49,6 +49,8 @@ class Component:
     """
 
     kind: str = ""
+    #: whether a fitted component predicts with numpy alone (``calib.runtime`` serves only portable ones)
+    portable: bool = True
     _fit_hint = "fit(...)"
     _min_classes = 2  # the smallest n_classes a fit of this kind can produce
 

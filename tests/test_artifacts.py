@@ -30,7 +30,7 @@ def test_round_trip_is_exact(tmp_path, fitted, synthetic_data):
     x = synthetic_data.logits
     assert np.array_equal(loaded.predict_proba(x), fitted.predict_proba(x))
     m = read_manifest(path)
-    assert m["format"] == "calib.artifact" and m["schema_version"] == 1
+    assert m["format"] == "calib.artifact" and m["schema_version"] == 2
     assert m["components"]["calibrator"]["kind"] == "temperature"
     assert m["components"]["calibrator"]["state"]["temperature"] == fitted.temperature_
     assert m["n_classes"] == 10 and m["class_names"][3] == "c3"
@@ -112,8 +112,9 @@ def test_corrupted_manifest(tmp_path, fitted):
 
 def test_unknown_schema_version_format_and_kind(tmp_path, fitted):
     path = save_artifact(fitted, tmp_path / "art")
-    _edit_manifest(path, lambda m: m.update(schema_version=2))
-    with pytest.raises(ArtifactError, match=r"Unsupported artifact schema_version 2 .*reads: \[1\]"):
+    _edit_manifest(path, lambda m: m.update(schema_version=3, calib_version="9.1.0"))
+    with pytest.raises(ArtifactError, match=r"Unsupported artifact schema_version 3 \(written by calib '9.1.0'\) .*"
+                                            r"this calib \S+ reads schema versions \[1, 2\]; upgrade calib"):
         load_artifact(path)
     _edit_manifest(path, lambda m: m.update(schema_version=1, format="netcal.pickle"))
     with pytest.raises(ArtifactError, match="Expected format 'calib.artifact'"):

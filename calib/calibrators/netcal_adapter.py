@@ -111,6 +111,7 @@ class NetcalCalibrator(Calibrator):
     """
 
     kind = "netcal"
+    portable = False  # predicting calls the rebuilt netcal object: calib.runtime (numpy only) cannot serve it
 
     def __init__(self, *, method="HistogramBinning", method_kwargs=None):
         if not isinstance(method, str):

@@ -23,7 +23,7 @@ import numpy as np
 from calib._validation import check_choice, check_group_ids
 from calib.base import StateError, state_array
 from calib.conformal.quantile import _rank, conformal_quantile, conformal_rank
-from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone
+from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone, check_row_offset
 
 __all__ = ["MondrianConformal", "check_groups"]
 
@@ -149,11 +149,13 @@ class MondrianConformal(ConformalBase):
             return self.scorer.sets(p, u, self.thresholds_[strata])
         return self.scorer.class_sets(p, u, self.thresholds_)
 
-    def predict_set(self, probs, groups=None):
-        """Boolean sets (n, k), or (n, k, n_alphas) for a list of alphas."""
+    def predict_set(self, probs, groups=None, *, row_offset=0):
+        """Boolean sets (n, k), or (n, k, n_alphas) for a list of alphas (``row_offset``: as
+        :meth:`SplitConformal.predict_set`)."""
+        row_offset = check_row_offset(row_offset)
         p = self._check_predict_probs(probs)
         strata = self._strata(groups, p.shape[0], fitting=False) if self.condition == "group" else None
-        return self._finish(self._fill_empty(p, self._raw_sets(p, self._u(p.shape[0], 1), strata)))
+        return self._finish(self._fill_empty(p, self._raw_sets(p, self._u(p.shape[0], 1, offset=row_offset), strata)))
 
     def _get_state(self):
         state, arrays = super()._get_state()

@@ -23,7 +23,7 @@ import numpy as np
 
 from calib._validation import as_array, check_choice, check_fraction, check_labels, check_positive_int, check_probs
 from calib.conformal.quantile import _check_n, _check_scores, _rank
-from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone
+from calib.conformal.split import ConformalBase, _check_inf_pattern, _check_monotone, check_row_offset
 
 __all__ = ["ConformalRiskControl", "risk_control_threshold"]
 
@@ -161,6 +161,8 @@ class ConformalRiskControl(ConformalBase):
             _check_inf_pattern(type(self), np.isposinf(t), np.array([_rank(n, a) > n for a in self.alphas]), n)
         _check_monotone(type(self), t, self.alphas)
 
-    def predict_set(self, probs, groups=None):
-        """Boolean sets (n, k) (or (n, k, n_alphas)): ``s(x, j) <= qhat_``."""
-        return self._finish(self._sets(self._check_predict_probs(probs), self.thresholds_))
+    def predict_set(self, probs, groups=None, *, row_offset=0):
+        """Boolean sets (n, k) (or (n, k, n_alphas)): ``s(x, j) <= qhat_`` (``row_offset``: as
+        :meth:`SplitConformal.predict_set`)."""
+        row_offset = check_row_offset(row_offset)
+        return self._finish(self._sets(self._check_predict_probs(probs), self.thresholds_, row_offset))

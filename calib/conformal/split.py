@@ -191,16 +191,20 @@ class ConformalBase(Component):
             return None
         return data_fingerprint(p, labels)
 
-    def _u(self, n, stream, key=_FITTED):
+    def _u(self, n, stream, key=_FITTED, offset=0):
         """``n`` uniforms of ``stream`` (0: calibration rows, 1: prediction, 3: RAPS tuning) drawn from
-        ``[seed, stream, key]`` (``key``: the fitted ``draw_key_`` by default; None: ``[seed, stream]``);
-        None when the sets are not randomised."""
+        ``[seed, stream, key]`` (``key``: the fitted ``draw_key_`` by default; None: ``[seed, stream]``),
+        starting at draw ``offset`` (the uniforms of rows ``offset:offset + n`` of one long call, so a batch
+        predicted in row chunks gets the draws of one call); None when the sets are not randomised."""
         if not self.is_randomized:
             return None
         if key is _FITTED:
             key = self.__dict__.get("draw_key_")
         entropy = [self.seed, stream] if key is None else [self.seed, stream, int(key)]
-        return np.random.default_rng(entropy).random(n)
+        rng = np.random.default_rng(entropy)
+        if offset:
+            rng.bit_generator.advance(offset)  # PCG64: one 64-bit draw per uniform, so this skips `offset` rows
+        return rng.random(n)
 
     def _fill_empty(self, p, out):
         """``never_empty``: every empty set (per alpha) of ``out`` (n, k, m) gets the row's top class (highest
@@ -288,9 +292,9 @@ class ConformalBase(Component):
         self._check_fitted()
         return check_probs(probs, "probs", n_classes=self.n_classes_)
 
-    def _sets(self, p, thresholds):
+    def _sets(self, p, thresholds, offset=0):
         """Sets (n, k, m) for thresholds (m,), with the predict-time randomisation and ``never_empty``."""
-        return self._fill_empty(p, self.scorer.sets(p, self._u(p.shape[0], 1), thresholds))
+        return self._fill_empty(p, self.scorer.sets(p, self._u(p.shape[0], 1, offset=offset), thresholds))
 
     def _finish(self, out):
         return out[:, :, 0] if not isinstance(self.alpha, tuple) else out
@@ -528,11 +532,15 @@ class SplitConformal(ConformalBase):
                 best = (size, candidate)
         return best[1]
 
-    def predict_set(self, probs, groups=None):
-        """Boolean sets: (n, k) for one alpha, (n, k, n_alphas) for a list; ``groups`` is ignored."""
+    def predict_set(self, probs, groups=None, *, row_offset=0):
+        """Boolean sets: (n, k) for one alpha, (n, k, n_alphas) for a list; ``groups`` is ignored.
+
+        ``row_offset``: position of the first row of ``probs`` in a larger batch predicted in row chunks; a
+        randomised score then draws the uniforms those rows get in one call on the whole batch."""
+        row_offset = check_row_offset(row_offset)
         if isinstance(self.scorer, _scores.LAC):
             return self._finish(self._lac_sets_checked(probs))
-        return self._finish(self._sets(self._check_predict_probs(probs), self.thresholds_))
+        return self._finish(self._sets(self._check_predict_probs(probs), self.thresholds_, row_offset))
 
     def _lac_sets_checked(self, probs):
         """LAC sets computed inside the validation pass (one read of ``probs``): ``p >= v(qhat)``."""
@@ -549,6 +557,14 @@ class SplitConformal(ConformalBase):
 
         check_probs(p, "probs", n_classes=self.n_classes_, on_chunk=compare)
         return self._fill_empty(p, out)
+
+
+def check_row_offset(value):
+    """``row_offset`` of ``predict_set``: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"Expected row_offset as an integer >= 0 (the position of the first row in the batch), "
+                         f"got {value!r:.80}.")
+    return int(value)
 
 
 def _from_json(v, owner=None):

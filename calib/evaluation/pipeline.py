@@ -79,6 +79,15 @@ class PipelineResult:
     class_names: tuple | None = None
     n_bins: int = 15
     plots: dict = dataclasses.field(default_factory=dict)  # file name -> calib.plotting.FigureSpec
+    reliability: dict | None = None  # calibration items' accuracy per confidence bin (calib.deploy.reliability_table)
+
+    def fitted_pipeline(self):
+        """The fitted chain as the :class:`calib.deploy.FittedPipeline` that :meth:`write` saves (and
+        :mod:`calib.runtime` serves)."""
+        from calib.deploy import FittedPipeline
+
+        return FittedPipeline.from_parts(self.calibrator, self.conformal, self.policy, class_names=self.class_names,
+                                         reliability=self.reliability)
 
     def write(self, out_dir, *, config_yaml=None):
         """Write the figures (reliability.png and :attr:`plots`), artifact/ and, last, metrics.json into ``out_dir``.
@@ -108,11 +117,9 @@ class PipelineResult:
         save_figure(fig, out_dir / "reliability.png")
         for name, spec in self.plots.items():
             save_figure(render(spec), out_dir / name)
-        artifacts.save_artifact(
-            self.calibrator, out_dir / "artifact", conformal=self.conformal, policy=self.policy,
-            metrics=self.metrics, data_fingerprint=self.metrics["data_fingerprint"],
-            class_names=self.class_names, config_yaml=config_yaml, overwrite=True,
-        )
+        self.fitted_pipeline().save(out_dir / "artifact", metrics=self.metrics,
+                                    data_fingerprint=self.metrics["data_fingerprint"], config_yaml=config_yaml,
+                                    overwrite=True)
         self.metrics["artifact_id"] = artifacts.content_id(artifacts.read_manifest(out_dir / "artifact"))
         write_json_atomic(out_dir / "metrics.json", self.metrics)  # last: its presence means the run completed
         return out_dir
@@ -200,9 +207,10 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
             difference=("calibrated", "uncalibrated"), n_bins=n_bins, n_resamples=calibration_bootstrap,
             seed=bootstrap_seed, metrics=CALIBRATION_CI_KEYS)
     plots = {}
-    cal_probs = None
-    if conformal is not None or policy is not None:
-        cal_probs = calibrator.predict_proba(cal.logits)
+    from calib.deploy import reliability_table
+
+    cal_probs = calibrator.predict_proba(cal.logits)  # the stages' input and the artifact's reliability table
+    reliability = reliability_table(cal_probs.max(axis=1), cal_probs.argmax(axis=1) == cal.labels)
     if conformal is not None:
         from calib.evaluation.conformal import conformal_stage
 
@@ -226,7 +234,7 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
                                                      n_bins=n_bins, n_resamples=procedure_resamples,
                                                      seed=bootstrap_seed)
     return PipelineResult(result, calibrator, conformal, policy, test.labels, probs_before, probs_after,
-                          class_names=cal.class_names, n_bins=n_bins, plots=plots)
+                          class_names=cal.class_names, n_bins=n_bins, plots=plots, reliability=reliability)
 
 
 #: Calibrated test metrics recomputed by the procedure-level interval (cheap ones).

@@ -27,11 +27,29 @@ from calib.policy.costs import as_cost_model
 from calib.policy.guarantees import FAMILIES, guarantee_from_state, guarantee_statement, ltt_threshold
 from calib.selective import CONFIDENCES, confidence_domain, confidence_scores
 
-__all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
+__all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "REASONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
            "RiskControlPolicy", "ConformalRoutingPolicy", "CostPolicy"]
 
 ANSWER, ESCALATE, FALLBACK = 0, 1, 2
 ACTIONS = ("answer", "escalate", "fallback")
+#: Why an item was routed as it was: ``Decision.reasons`` holds indices into this tuple (``route(...,
+#: explain=True)``); :mod:`calib.deploy` turns them into the sentence a product shows.
+REASONS = (
+    "no_policy",                # answered: no routing policy is configured
+    "confident",                # answered: confidence >= threshold
+    "low_confidence",           # escalated: confidence < threshold
+    "low_confidence_fallback",  # fallback: confidence < threshold and the fallback's label is likely enough
+    "nothing_certified",        # escalated: risk control certified no threshold (every item is escalated)
+    "singleton_set",            # answered: the prediction set holds one class
+    "empty_set_confident",      # answered: empty set of a rank score (the top class alone passes the threshold)
+    "ambiguous_set",            # escalated: the prediction set holds two or more classes
+    "empty_set",                # escalated: no class is plausible enough (empty LAC set)
+    "fallback_in_set",          # fallback: the fallback's label lies in the prediction set
+    "answer_cheapest",          # answered: lowest expected cost
+    "fallback_cheapest",        # fallback: lowest expected cost
+    "escalate_cheapest",        # escalated: lowest expected cost
+)
+_R = {name: code for code, name in enumerate(REASONS)}
 FALLBACK_MODES = ("auto", "extras", "none", "majority")
 
 
@@ -39,12 +57,14 @@ FALLBACK_MODES = ("auto", "extras", "none", "majority")
 class Decision:
     """Routing of n items: ``actions`` int8 (0 answer, 1 escalate, 2 fallback), the model's label
     ``prediction`` (n,), the fallback's label ``fallback`` (n,) or None, and ``output`` (n,): the
-    automated output (model or fallback label), -1 for escalated items."""
+    automated output (model or fallback label), -1 for escalated items. ``reasons`` (int8, indices into
+    :data:`REASONS`) with ``route(..., explain=True)``, else None."""
 
     actions: np.ndarray
     prediction: np.ndarray
     fallback: np.ndarray | None
     output: np.ndarray
+    reasons: np.ndarray | None = None
 
     def rates(self):
         counts = np.bincount(self.actions, minlength=3) / self.actions.size
@@ -90,8 +110,8 @@ class RoutingPolicy(Component):
         self._fit(p, y, s, fb)
         return self
 
-    def route(self, probs, *, sets=None, fallback=None) -> Decision:
-        """Route each item: returns a :class:`Decision`."""
+    def route(self, probs, *, sets=None, fallback=None, explain=False) -> Decision:
+        """Route each item: returns a :class:`Decision` (with ``reasons`` when ``explain``)."""
         self._check_fitted()
         p = check_probs(probs, n_classes=self.n_classes_)
         fb = self._fallback_labels(p.shape[0], fallback)
@@ -101,7 +121,12 @@ class RoutingPolicy(Component):
         output = np.where(actions == ANSWER, pred, -1)
         if fb is not None:
             output = np.where(actions == FALLBACK, fb, output)
-        return Decision(actions=actions, prediction=pred, fallback=fb, output=output)
+        reasons = self._reasons(p, s, actions).astype(np.int8) if explain else None
+        return Decision(actions=actions, prediction=pred, fallback=fb, output=output, reasons=reasons)
+
+    def _reasons(self, p, sets, actions):
+        """Codes of :data:`REASONS` for the ``actions`` this policy chose (one per action by default)."""
+        return np.choose(actions, [_R["confident"], _R["low_confidence"], _R["low_confidence_fallback"]])
 
     def guarantee(self):
         """Guarantee section for reports (all None for policies without one)."""
@@ -298,6 +323,12 @@ class RiskControlPolicy(_ScoreThresholdPolicy):
         params.setdefault("family", "multi_start")  # artifacts written before the choice: multi-start, always
         return params
 
+    def _reasons(self, p, sets, actions):
+        codes = super()._reasons(p, sets, actions)
+        if self.threshold_ == np.inf:  # nothing certified: every item is escalated, whatever its confidence
+            codes = np.where(actions == ESCALATE, _R["nothing_certified"], codes)
+        return codes
+
     def _get_state(self):
         scalars, arrays = super()._get_state()
         g = self.guarantee_.to_dict()
@@ -388,6 +419,13 @@ class ConformalRoutingPolicy(RoutingPolicy):
         answer = (size == 1) | ((size == 0) & (self.empty_set_rule == "answer_top"))
         return np.where(answer, ANSWER, actions)
 
+    def _reasons(self, p, sets, actions):
+        size = sets.sum(axis=1)
+        empty = size == 0
+        return np.where(actions == ANSWER, np.where(empty, _R["empty_set_confident"], _R["singleton_set"]),
+                        np.where(actions == FALLBACK, _R["fallback_in_set"],
+                                 np.where(empty, _R["empty_set"], _R["ambiguous_set"])))
+
     @classmethod
     def _upgrade_params(cls, params):
         params = super()._upgrade_params(params)
@@ -418,3 +456,6 @@ class CostPolicy(RoutingPolicy):
         best = np.where(c[:, 0] <= np.minimum(c[:, 1], c[:, 2]), ANSWER,
                         np.where(c[:, 2] <= c[:, 1], FALLBACK, ESCALATE))
         return best
+
+    def _reasons(self, p, sets, actions):
+        return np.choose(actions, [_R["answer_cheapest"], _R["escalate_cheapest"], _R["fallback_cheapest"]])
