@@ -20,14 +20,15 @@ LAYERS = {
     "calib.base": 0,
     "calib.io": 1, "calib.datasets": 1, "calib.metrics": 1, "calib.selective": 1, "calib.stats": 1,
     "calib.calibrators": 2, "calib.conformal": 2, "calib.policy": 2, "calib.shift": 2,
-    "calib.artifacts": 3,
+    "calib.artifacts": 3, "calib.deploy": 3, "calib.runtime": 3, "calib.export_onnx": 3, "calib.cli": 3,
     "calib.plotting": 4,
     "calib.evaluation": 5,
     "calib.config": 6, "calib._hydra": 6,
 }
 ALGORITHMS = ("calib.calibrators", "calib.conformal", "calib.policy", "calib.shift")
 #: third-party packages that only a function may import (never at module level anywhere in calib)
-HEAVY = {"torch", "scipy", "netcal", "matplotlib", "hydra", "omegaconf", "sklearn", "mapie", "torchcp", "jinja2"}
+HEAVY = {"torch", "scipy", "netcal", "matplotlib", "hydra", "omegaconf", "sklearn", "mapie", "torchcp", "jinja2",
+         "onnx", "onnxruntime", "pyarrow", "tqdm"}
 #: what an algorithm package may never import, at any depth: evaluation, drawing, experiment configuration
 NEVER_IN_ALGORITHMS = {"matplotlib", "hydra", "omegaconf", "calib.evaluation", "calib.plotting", "calib.config",
                        "calib._hydra", "calib.artifacts"}
