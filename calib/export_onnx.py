@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["export_onnx", "ExportError", "check_sample", "DEFAULT_OPSET", "MIN_OPSET",
-           "DECISION_MARGIN", "SOFTMAX_RTOL", "SOFTMAX_ATOL"]
+__all__ = ["DECISION_MARGIN", "DEFAULT_OPSET", "MIN_OPSET", "SOFTMAX_ATOL", "SOFTMAX_RTOL", "ExportError",
+           "check_sample", "export_onnx"]
 
 #: opset written by default (onnxruntime >= 1.12 runs it); ``opset=`` may choose any from MIN_OPSET to onnx's latest
 DEFAULT_OPSET = 17
@@ -415,7 +415,7 @@ def _policy_reason(pol, has_sets, fallback_input):
 
 
 def _policy_graph(g, pol, probs, sets, fb, k):
-    F32, F64, I64 = _T(g.onnx, "FLOAT"), _T(g.onnx, "DOUBLE"), _T(g.onnx, "INT64")
+    F64, I64 = _T(g.onnx, "DOUBLE"), _T(g.onnx, "INT64")
 
     def p_of(fb_idx, dtype):  # probability of the fallback's label, [N]
         col = g.op("GatherElements", probs, g.op("Unsqueeze", fb_idx, g.i64([1])), axis=1)
@@ -481,7 +481,7 @@ def _confidence(g, probs, confidence):
 def check_sample(n_classes, n=2000, seed=0):
     """Deterministic float32 logits (n + edge rows, n_classes) for the export check: rows of scales 0.3 to 30
     with a boosted class (probabilities over all of [0, 1]), then edge rows: all ties, two-way top ties, one
-    dominant class, logits of magnitude 1e3 and 1e30, and constant rows far from 0."""
+    dominant class, logits of magnitude 1e3, 1e30 and 3e38, and constant rows far from 0."""
     k = int(n_classes)
     rng = np.random.default_rng([int(seed), k, 13])
     scales = rng.choice(np.array([0.3, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0]), size=n)
@@ -502,6 +502,9 @@ def check_sample(n_classes, n=2000, seed=0):
     dominant = np.full(k, -20.0)
     dominant[k // 2] = 40.0
     edges.append(dominant)
+    extreme = np.zeros(k)  # near float32's limit: scores W z + b may overflow float32 (calib recomputes in float64)
+    extreme[0], extreme[-1] = 3e38, -3e38
+    edges.append(extreme)
     return np.vstack([z, np.array(edges)]).astype(np.float32)
 
 
@@ -538,7 +541,11 @@ def _margins(probs, cp, pol, sets, fb):
             m = np.abs(c0 - c1)
             if fb is not None:
                 c2 = (1.0 - p[np.arange(p.shape[0]), fb]) * cm.wrong_fallback
-                m = np.minimum(m, np.minimum(np.abs(c0 - c2), np.abs(c2 - c1)))
+                # fallback label = model label: c0 and c2 come from one probability (a tie whichever it is), unless
+                # the label itself flips (the label margin)
+                same = (fb == p.argmax(axis=1)) & (cm.wrong_answer == cm.wrong_fallback)
+                g02 = np.where(same, out["label"], np.abs(c0 - c2))
+                m = np.minimum(m, np.minimum(g02, np.abs(c2 - c1)))
         out["actions"] = m
     return out
 
@@ -871,7 +878,7 @@ def export_onnx(calibrator, path, *, conformal=None, policy=None, class_names=No
     onnx.helper.set_model_props(model, props)
     try:
         onnx.checker.check_model(model, full_check=True)
-    except Exception as err:  # onnx raises its own ValidationError types
+    except onnx.checker.ValidationError as err:
         raise ExportError(f"The ONNX graph built for {cal.kind!r} fails onnx.checker: {err}") from None
     data = model.SerializeToString()
 

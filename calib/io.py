@@ -11,6 +11,11 @@ policies) and ``class_names`` (k,). Supported formats:
 * ``.csv``: a header row, a ``label`` column and k logit columns (other columns named ``split``,
   ``group`` or ``fallback`` are used as such); blank lines are ignored.
 
+Labels are required to fit or evaluate. To apply a fitted pipeline to new items (``calib apply``) pass
+``require_labels=False``: a file without ``labels`` (an ``.npz`` / ``.pt`` without the key, a ``.npy`` without a
+labels file, a CSV without a ``label`` column) then gives a :class:`LogitsData` with ``labels=None``; labels
+that are present are still read and checked.
+
 Nothing is ever unpickled: an ``.npz`` with object arrays is refused. Nothing is dropped silently either:
 
 * a truncated, empty or non-zip ``.npz`` (or a non-``.npy`` ``.npy``) is refused naming the file;
@@ -94,7 +99,9 @@ class LogitsData:
     Attributes
     ----------
     logits : ndarray of shape (n_samples, n_classes), float32 or float64
-    labels : ndarray of shape (n_samples,), int64
+    labels : ndarray of shape (n_samples,), int64, or None
+        None only for data read with ``load_logits(..., require_labels=False)`` (or built so): such data can
+        be applied to, not fitted on; :meth:`split_cal_test` then needs the file's own ``split``.
     split : ndarray of shape (n_samples,), int8, or None
         0 = calibration, 1 = test (integral floats 0.0 / 1.0 are accepted).
     groups : ndarray of shape (n_samples,) or None
@@ -106,7 +113,7 @@ class LogitsData:
     """
 
     logits: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     split: np.ndarray | None = None
     groups: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
@@ -115,7 +122,7 @@ class LogitsData:
     def __post_init__(self):
         logits = check_logits(self.logits, "logits")
         n, k = logits.shape
-        labels = check_labels(self.labels, "labels", n_samples=n, n_classes=k)
+        labels = None if self.labels is None else check_labels(self.labels, "labels", n_samples=n, n_classes=k)
         object.__setattr__(self, "logits", logits)
         object.__setattr__(self, "labels", labels)
         if self.split is not None:
@@ -169,7 +176,7 @@ class LogitsData:
 
         return LogitsData(
             logits=self.logits[index],
-            labels=self.labels[index],
+            labels=take(self.labels),
             split=take(self.split),
             groups=take(self.groups),
             class_names=self.class_names,
@@ -185,6 +192,10 @@ class LogitsData:
         if self.split is not None and not resplit:
             is_cal = self.split == 0
         else:
+            if self.labels is None:
+                raise ValueError("Expected labels for a stratified calibration/test split, got data without labels "
+                                 "(read with require_labels=False) and " + ("resplit=True." if self.split is not None
+                                                                           else "no split."))
             is_cal = stratified_split(self.labels, cal_fraction=cal_fraction, seed=seed)
             log.info("Made a stratified split: cal_fraction=%s, seed=%s", cal_fraction, seed)
         n_cal = int(is_cal.sum())
@@ -226,7 +237,7 @@ def _check_file(path, what):
         raise FileNotFoundError(f"Expected {what} at {str(path)!r}, got no such file.")
 
 
-def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
+def load_logits(path, *, mmap=False, labels_path=None, require_labels=True) -> LogitsData:
     """Read a logits file (see the module docstring for formats) into a :class:`LogitsData`.
 
     Parameters
@@ -239,6 +250,10 @@ def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
     labels_path : str or Path, optional
         Labels ``.npy`` for a ``.npy`` logits file (default: ``labels.npy`` beside it); refused for
         other formats, which hold their labels.
+    require_labels : bool, default True
+        With False, a file without labels is read with ``labels=None`` (for applying a fitted pipeline):
+        no ``labels`` key, no ``labels.npy`` beside a ``.npy`` (an explicit ``labels_path`` must still
+        exist), no ``label`` CSV column. Labels that are present are read and checked as usual.
 
     Raises
     ------
@@ -254,6 +269,9 @@ def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
         raise TypeError(f"Expected mmap as a bool, got {type(mmap).__name__} {mmap!r}.")
     if labels_path is not None and not isinstance(labels_path, (str, os.PathLike)):
         raise TypeError(f"Expected labels_path as a str or os.PathLike, got {type(labels_path).__name__} {labels_path!r}.")
+    if not isinstance(require_labels, (bool, np.bool_)):
+        raise TypeError(f"Expected require_labels as a bool, got {type(require_labels).__name__} {require_labels!r}.")
+    require_labels = bool(require_labels)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
@@ -272,12 +290,12 @@ def load_logits(path, *, mmap=False, labels_path=None) -> LogitsData:
     if suffix == ".npz":
         arrays = _read_npz(path)
     elif suffix == ".npy":
-        arrays = _read_npy(path, labels_path=labels_path, mmap=mmap)
+        arrays = _read_npy(path, labels_path=labels_path, mmap=mmap, require_labels=require_labels)
     elif suffix in (".pt", ".pth"):
         arrays = _read_torch(path)
     else:
-        arrays = _read_csv(path)
-    return _from_arrays(arrays, source=str(path))
+        arrays = _read_csv(path, require_labels=require_labels)
+    return _from_arrays(arrays, source=str(path), require_labels=require_labels)
 
 
 def _near_known(key, candidates, *, fuzzy=True):
@@ -293,7 +311,7 @@ def _near_known(key, candidates, *, fuzzy=True):
     return match[0] if match else None
 
 
-def _from_arrays(arrays, *, source):
+def _from_arrays(arrays, *, source, require_labels=True):
     known = _KNOWN + PER_ROW_KEYS
     for key in arrays:
         if key in known:
@@ -304,7 +322,7 @@ def _from_arrays(arrays, *, source):
                 f"Expected the key {near!r} in {source!r}, got {key!r} (did you mean {near!r}?); rename it: "
                 f"calib reads only {list(known)} and would otherwise ignore it."
             )
-    for key in ("logits", "labels"):
+    for key in ("logits", "labels") if require_labels else ("logits",):
         if key not in arrays:
             raise ValueError(
                 f"Expected a {key!r} array in {source!r}, got keys {sorted(arrays)}."
@@ -331,7 +349,7 @@ def _from_arrays(arrays, *, source):
     try:
         return LogitsData(
             logits=arrays["logits"],
-            labels=arrays["labels"],
+            labels=arrays.get("labels"),
             split=arrays.get("split"),
             groups=arrays.get("groups"),
             class_names=None if names is None else np.asarray(names),
@@ -417,8 +435,10 @@ def _load_npy(path, *, mmap, what):
         raise _corrupt("a complete .npy array at", path, err) from err
 
 
-def _read_npy(path, *, labels_path, mmap):
+def _read_npy(path, *, labels_path, mmap, require_labels=True):
     logits = _load_npy(path, mmap=mmap, what="logits")
+    if labels_path is None and not require_labels and not path.with_name("labels.npy").exists():
+        return {"logits": logits}
     labels_path = Path(labels_path) if labels_path is not None else path.with_name("labels.npy")
     if labels_path.is_dir():
         raise FileNotFoundError(f"Expected labels for {str(path)!r} in the file {str(labels_path)!r}, got a directory.")
@@ -481,7 +501,7 @@ def _csv_numbers(values, column, lines, path):
         raise
 
 
-def _read_csv(path):
+def _read_csv(path, *, require_labels=True):
     src = str(path)
     header, rows, lines = None, [], []
     try:
@@ -517,7 +537,7 @@ def _read_csv(path):
                 f"Expected the column {near!r} in {src!r}, got {name!r} (did you mean {near!r}?); rename it: "
                 f"columns other than {list(_CSV_SPECIAL)} are read as logits."
             )
-    if "label" not in header:
+    if "label" not in header and require_labels:
         raise ValueError(f"Expected a 'label' column in {src!r}, got columns {header}.")
     logit_cols = [i for i, h in enumerate(header) if h not in _CSV_SPECIAL]
     if len(logit_cols) < 2:
@@ -533,9 +553,10 @@ def _read_csv(path):
     logits = np.stack([_csv_numbers(columns[i], header[i], lines, path) for i in logit_cols], axis=1)
     out = {
         "logits": logits.astype(np.float32),
-        "labels": _csv_numbers(columns[header.index("label")], "label", lines, path),
         "class_names": np.array([header[i] for i in logit_cols]),
     }
+    if "label" in header:
+        out["labels"] = _csv_numbers(columns[header.index("label")], "label", lines, path)
     if "split" in header:
         raw = columns[header.index("split")]
         split = _csv_numbers(raw, "split", lines, path)

@@ -140,7 +140,7 @@ def test_artifact_id_pairs_metrics_and_artifact(parts, tmp_path):
     # an independent digest of the manifest's content fields (not its time stamp or metrics)
     import hashlib
     body = {k: manifest[k] for k in ("format", "schema_version", "n_classes", "class_names", "components",
-                                     "data_fingerprint", "files")}
+                                     "data_fingerprint", "files", "pipeline")}
     expected = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     assert metrics["artifact_id"] == expected == content_id(tmp_path / "artifact")
     assert result.metrics["artifact_id"] == metrics["artifact_id"]

@@ -174,3 +174,66 @@ def test_builtin_dataset():
     assert np.bincount(d.labels[d.split == 1]).tolist() == [1000] * 10
     with pytest.raises(ValueError, match="Unknown builtin dataset 'nope'; valid options"):
         load("nope")
+
+
+# --- labels optional for applying (load_logits(..., require_labels=False)) ------------------------------
+def test_unlabelled_files_read_with_require_labels_false(tmp_path, small):
+    logits = small[0]
+    np.savez(tmp_path / "u.npz", logits=logits, groups=np.array(["a", "b"] * 20), fallback=np.arange(40) % 4)
+    d = load_logits(tmp_path / "u.npz", require_labels=False)
+    assert d.labels is None and np.array_equal(d.logits, logits)
+    assert d.groups.tolist() == ["a", "b"] * 20 and d.extras["fallback"].tolist() == (np.arange(40) % 4).tolist()
+    sub = d.subset(np.arange(5))
+    assert sub.labels is None and np.array_equal(sub.logits, logits[:5])
+
+    np.save(tmp_path / "alone.npy", logits)  # no labels.npy beside it
+    d = load_logits(tmp_path / "alone.npy", mmap=True, require_labels=False)
+    assert d.labels is None and isinstance(d.logits, np.memmap) and np.array_equal(d.logits, logits)
+
+    with open(tmp_path / "u.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["cat", "dog", "fox", "owl"])
+        for row in logits:
+            w.writerow([repr(float(v)) for v in row])
+    d = load_logits(tmp_path / "u.csv", require_labels=False)
+    assert d.labels is None and np.array_equal(d.logits, logits) and d.class_names == ("cat", "dog", "fox", "owl")
+
+    torch.save({"logits": torch.from_numpy(logits)}, tmp_path / "u.pt")
+    assert load_logits(tmp_path / "u.pt", require_labels=False).labels is None
+
+
+def test_present_labels_still_read_and_checked_without_requirement(tmp_path, small):
+    logits, labels, _ = small
+    np.savez(tmp_path / "d.npz", logits=logits, labels=labels)
+    assert np.array_equal(load_logits(tmp_path / "d.npz", require_labels=False).labels, labels)
+    np.savez(tmp_path / "bad.npz", logits=logits, labels=np.full(40, 7))
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\] for 4 classes, got maximum 7"):
+        load_logits(tmp_path / "bad.npz", require_labels=False)
+    np.savez(tmp_path / "typo.npz", logits=logits, label=labels)  # a misspelt key is never silently dropped
+    with pytest.raises(ValueError, match=r"got 'label' \(did you mean 'labels'\?\)"):
+        load_logits(tmp_path / "typo.npz", require_labels=False)
+    np.save(tmp_path / "x.npy", logits)
+    with pytest.raises(FileNotFoundError, match="nope.npy"):  # an explicit labels file must exist
+        load_logits(tmp_path / "x.npy", labels_path=tmp_path / "nope.npy", require_labels=False)
+    with pytest.raises(TypeError, match="Expected require_labels as a bool, got str 'no'"):
+        load_logits(tmp_path / "x.npy", require_labels="no")
+
+
+def test_required_labels_messages_unchanged(tmp_path, small):
+    np.savez(tmp_path / "m.npz", logits=small[0])
+    with pytest.raises(ValueError, match=r"Expected a 'labels' array in '.*m\.npz', got keys \['logits'\]"):
+        load_logits(tmp_path / "m.npz", require_labels=True)
+    (tmp_path / "c.csv").write_text("cat,dog\n1.0,2.0\n")
+    with pytest.raises(ValueError, match=r"Expected a 'label' column in '.*c\.csv', got columns \['cat', 'dog'\]"):
+        load_logits(tmp_path / "c.csv")
+
+
+def test_split_without_labels():
+    logits = np.zeros((4, 2), np.float32)
+    d = LogitsData(logits=logits, labels=None, split=np.array([0, 0, 1, 1]))
+    cal, test = d.split_cal_test()
+    assert cal.n_samples == 2 and cal.labels is None and test.n_samples == 2
+    with pytest.raises(ValueError, match="Expected labels for a stratified calibration/test split.*resplit=True"):
+        d.split_cal_test(resplit=True)
+    with pytest.raises(ValueError, match="Expected labels for a stratified calibration/test split.*no split"):
+        LogitsData(logits=logits, labels=None).split_cal_test()
