@@ -194,6 +194,9 @@ class Decisions:
         return cols
 
 
+_FIELDS = ("probs", "label", "confidence", "band_low", "band_high", "sets", "actions", "output", "reasons")
+
+
 # --- the pipeline -------------------------------------------------------------------------------------
 class FittedPipeline:
     """calibrator -> (conformal) -> (policy), fitted, with class names, an input contract and a reliability
@@ -346,16 +349,20 @@ class FittedPipeline:
         n = x.shape[0]
         groups = self._check_rows(groups, "groups", n)
         fallback = self._check_rows(fallback, "fallback", n)
-        parts = [self._apply_rows(x[rows], None if groups is None else groups[rows],
-                                  None if fallback is None else fallback[rows], rows.start)
-                 for rows in _chunks.row_slices(n, self.n_classes, entries=APPLY_ENTRIES, minimum=64)] or \
-            [self._apply_rows(x, groups, fallback, 0)]
-        if len(parts) == 1:
-            return parts[0]
-        cat = {f.name: (None if getattr(parts[0], f.name) is None
-                        else np.concatenate([getattr(d, f.name) for d in parts]))
-               for f in dataclasses.fields(Decisions) if f.name != "pipeline"}
-        return Decisions(**cat, pipeline=self)
+        slices = _chunks.row_slices(n, self.n_classes, entries=APPLY_ENTRIES, minimum=64)
+        if len(slices) <= 1:
+            return self._apply_rows(x, groups, fallback, 0)
+        out = None
+        for rows in slices:  # each chunk writes its rows into the outputs allocated after the first one
+            d = self._apply_rows(x[rows], None if groups is None else groups[rows],
+                                 None if fallback is None else fallback[rows], rows.start)
+            if out is None:
+                out = {f: (None if getattr(d, f) is None else np.empty((n, *getattr(d, f).shape[1:]), getattr(d, f).dtype))
+                       for f in _FIELDS}
+            for f in _FIELDS:
+                if out[f] is not None:
+                    out[f][rows] = getattr(d, f)
+        return Decisions(**out, pipeline=self)
 
     def iter_apply(self, logits, *, groups=None, fallback=None, chunk_rows=None):
         """``(start_row, Decisions)`` for consecutive row chunks of ``logits`` (e.g. a memory-mapped ``.npy``):
@@ -398,8 +405,9 @@ class FittedPipeline:
         sets = None
         if self.conformal is not None:
             sets = self.conformal.predict_set(p, groups=groups, row_offset=offset)
-        if self.policy is not None:
-            d = self.policy.route(p, sets=sets if self.policy.needs_sets else None, fallback=fallback, explain=True)
+        if self.policy is not None:  # the calibrator's output is trusted here: no second validation pass
+            d = self.policy._route(p, label, sets=sets if self.policy.needs_sets else None, fallback=fallback,
+                                   explain=True)
             actions, output, reasons = d.actions, d.output, d.reasons
         else:
             actions = np.zeros(p.shape[0], dtype=np.int8)

@@ -680,7 +680,8 @@ def _check_component(obj, name, registry_module):
     if obj is None:
         return None
     if not isinstance(obj, Component):
-        raise TypeError(f"Expected {name} as a fitted calib component (a {registry_module}.REGISTRY class) or None, "
+        optional = "" if name == "calibrator" else " or None"
+        raise TypeError(f"Expected {name} as a fitted calib component (a {registry_module}.REGISTRY class){optional}, "
                         f"got {type(obj).__name__} {obj!r:.80}.")
     if not obj.is_fitted:
         raise NotFittedError(f"Expected {name} fitted, got an unfitted {type(obj).__name__}; call fit() first.")

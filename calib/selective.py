@@ -53,8 +53,15 @@ def confidence_scores(probs, confidence="max_prob"):
     [0.5, 0.0]
     """
     check_choice(confidence, "confidence", CONFIDENCES)
-    p = check_probs(probs)
+    return _confidence_scores(check_probs(probs), confidence)
+
+
+def _confidence_scores(p, confidence, pred=None):
+    """:func:`confidence_scores` of checked probabilities; ``pred`` (their argmax, when known) gives
+    ``max_prob`` by one gather instead of a second row-max pass (the same values, bit for bit)."""
     if confidence == "max_prob":
+        if pred is not None:
+            return np.take_along_axis(p, pred[:, None], axis=1)[:, 0].astype(np.float64)
         return p.max(axis=1).astype(np.float64)
     if confidence == "margin":
         top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:].astype(np.float64)

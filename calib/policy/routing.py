@@ -25,7 +25,7 @@ from calib._validation import (as_array, check_choice, check_fraction, check_lab
 from calib.base import Component, NotFittedError, StateError, state_array, state_scalar  # noqa: F401  (re-export)
 from calib.policy.costs import as_cost_model
 from calib.policy.guarantees import FAMILIES, guarantee_from_state, guarantee_statement, ltt_threshold
-from calib.selective import CONFIDENCES, confidence_domain, confidence_scores
+from calib.selective import CONFIDENCES, _confidence_scores, confidence_domain, confidence_scores
 
 __all__ = ["ANSWER", "ESCALATE", "FALLBACK", "ACTIONS", "REASONS", "Decision", "RoutingPolicy", "ThresholdPolicy",
            "RiskControlPolicy", "ConformalRoutingPolicy", "CostPolicy"]
@@ -114,9 +114,13 @@ class RoutingPolicy(Component):
         """Route each item: returns a :class:`Decision` (with ``reasons`` when ``explain``)."""
         self._check_fitted()
         p = check_probs(probs, n_classes=self.n_classes_)
+        return self._route(p, p.argmax(axis=1), sets=sets, fallback=fallback, explain=explain)
+
+    def _route(self, p, pred, *, sets, fallback, explain):
+        """:meth:`route` on probabilities already checked (``pred``: their argmax): the serving path of
+        :class:`calib.deploy.FittedPipeline`, which checks its logits once and trusts its calibrator's output."""
         fb = self._fallback_labels(p.shape[0], fallback)
         s = self._check_sets(sets, p.shape)
-        pred = p.argmax(axis=1)
         actions = self._actions(p, pred, s, fb).astype(np.int8)
         output = np.where(actions == ANSWER, pred, -1)
         if fb is not None:
@@ -200,7 +204,7 @@ class _ScoreThresholdPolicy(RoutingPolicy):
         self.fallback_threshold = fallback_threshold
 
     def _actions(self, p, pred, sets, fb):
-        s = confidence_scores(p, self.confidence)
+        s = _confidence_scores(p, self.confidence, pred)  # p was checked by route() / the pipeline
         actions = np.where(s >= self.threshold_, ANSWER, ESCALATE)
         if fb is not None and self.fallback_threshold is not None:
             p_fb = np.take_along_axis(p, fb[:, None], axis=1)[:, 0]
