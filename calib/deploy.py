@@ -165,12 +165,19 @@ class Decisions:
         pipe = self.pipeline
         label, conf = int(self.label[i]), float(self.confidence[i])
         band = None if math.isnan(self.band_low[i]) else [float(self.band_low[i]), float(self.band_high[i])]
-        members = None if self.sets is None else np.flatnonzero(self.sets[i]).tolist()
+        sets_i = None if self.sets is None else self.sets[i]
+        if sets_i is not None and sets_i.ndim == 2:  # several alphas: the sentence uses the first
+            members = np.flatnonzero(sets_i[:, 0]).tolist()
+        else:
+            members = None if sets_i is None else np.flatnonzero(sets_i).tolist()
         action = ACTIONS[int(self.actions[i])]
         output = int(self.output[i])
         reason = REASONS[int(self.reasons[i])]
         out = {"label": label, "class_name": pipe.class_name(label), "confidence": conf, "band": band,
                "set": None if members is None else [pipe.class_name(j) for j in members],
+               **({"sets_by_alpha": {f"{a:g}": [pipe.class_name(j) for j in np.flatnonzero(sets_i[:, m])]
+                                     for m, a in enumerate(pipe.conformal.alpha)}}
+                  if sets_i is not None and sets_i.ndim == 2 else {}),
                "action": action, "output": None if output < 0 else output,
                "output_name": None if output < 0 else pipe.class_name(output), "reason": reason}
         out["message"] = pipe._message(out, self.probs[i], members)
@@ -185,9 +192,12 @@ class Decisions:
         cols = {"label": self.label, "class_name": names[self.label], "confidence": self.confidence,
                 "band_low": self.band_low, "band_high": self.band_high}
         if self.sets is not None:
-            cols["set_size"] = self.sets.sum(axis=1)
-            if sets:
-                cols["set"] = np.array(["|".join(names[row]) for row in self.sets], dtype=object)
+            per_alpha = [("", self.sets)] if self.sets.ndim == 2 else \
+                [(f"_{a:g}", self.sets[:, :, m]) for m, a in enumerate(self.pipeline.conformal.alpha)]
+            for suffix, s in per_alpha:
+                cols[f"set_size{suffix}"] = s.sum(axis=1)
+                if sets:
+                    cols[f"set{suffix}"] = np.array(["|".join(names[row]) for row in s], dtype=object)
         cols["action"] = np.asarray(ACTIONS)[self.actions]
         cols["output"] = self.output
         cols["reason"] = np.asarray(REASONS)[self.reasons]
@@ -222,8 +232,6 @@ class FittedPipeline:
         if policy is not None and policy.needs_sets and conformal is None:
             raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on prediction "
                              "sets), got none.")
-        if conformal is not None and isinstance(conformal.alpha, tuple):
-            raise ValueError(f"Expected a conformal predictor with one alpha in a pipeline, got alpha={list(conformal.alpha)}.")
         if class_names is not None:
             class_names = tuple(str(c) for c in class_names)
             if len(class_names) != k:
@@ -435,7 +443,7 @@ class FittedPipeline:
                     f"({lvl:.0%} interval).")
         conf = f"calibrated confidence {e['confidence']:.3f}"
         pol, cf = self.policy, self.conformal
-        level = "" if cf is None else f"{1 - cf.alpha:.0%} "
+        level = "" if cf is None else f"{1 - cf.alphas[0]:.0%} "
         setdesc = "" if members is None else (
             f"the {level}prediction set holds {len(members)} class{'es' if len(members) != 1 else ''}"
             + (f" ({', '.join(e['set'][:5])}{', ...' if len(members) > 5 else ''})" if members else ""))
