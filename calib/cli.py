@@ -60,6 +60,9 @@ EXIT_INTERRUPTED = 130
 
 #: ``--out`` suffix -> format of ``calib apply``
 OUTPUT_FORMATS = {".csv": "csv", ".npz": "npz", ".parquet": "parquet"}
+#: default rows per chunk of a ``.csv`` / ``.parquet`` output (its per-row strings dominate memory);
+#: ``.npz`` uses :meth:`calib.deploy.FittedPipeline.chunk_rows` (about 16 MB of logits)
+TABLE_CHUNK_ROWS = 1 << 16
 #: without ``--progress`` / ``--no-progress``, a bar is drawn when stderr is a terminal and the input has
 #: at least this many rows
 PROGRESS_MIN_ROWS = 100_000
@@ -87,13 +90,16 @@ def _text(err):
 
 
 @contextlib.contextmanager
-def _stage(code, prefix="", classes=(ValueError, TypeError, OSError, KeyError, IndexError)):
-    """Library exceptions of one stage become a :class:`CLIError` with that stage's exit code."""
+def _stage(code, prefix="", *, classes=(ValueError, TypeError, OSError, KeyError, IndexError), imports=True):
+    """Library exceptions of one stage become a :class:`CLIError` with that stage's exit code; an ImportError
+    (a missing optional package) is bad input, or passes through with ``imports=False``."""
     try:
         yield
     except CLIError:
         raise
     except ImportError as err:
+        if not imports:
+            raise  # the caller says which component needed it
         raise CLIError(f"{prefix}a package is missing: {_text(err)}", EXIT_INPUT) from err
     except classes as err:
         raise CLIError(prefix + _text(err), code) from err
@@ -124,8 +130,13 @@ def _load_pipeline(path, key):
     """``FittedPipeline.load``: checksums, signature when a key is configured, every component's state."""
     from calib.deploy import FittedPipeline
 
-    with _stage(EXIT_ARTIFACT):
-        return FittedPipeline.load(path, key=key)
+    try:
+        with _stage(EXIT_ARTIFACT, imports=False):
+            return FittedPipeline.load(path, key=key)
+    except ImportError as err:  # a non-portable component rebuilds its third-party model on load
+        raise CLIError(f"Artifact {str(path)!r} is not portable: it needs a package that is not installed to load "
+                       f"({_text(err)}); install it, or serve a portable artifact (calib.runtime: numpy alone).",
+                       EXIT_ARTIFACT) from err
 
 
 def _check_new_out(out, overwrite, what="--out"):
@@ -183,7 +194,7 @@ def _inspect_info(path, pipe, signature):
         comps[name] = {**entry,
                        "state": {k: v for k, v in state.items() if isinstance(v, (int, float, str, bool)) or v is None},
                        "arrays": {k: spec.get("shape") for k, spec in arrays.items() if isinstance(spec, dict)}}
-    files = sorted((m.get("files") or {}))
+    files = sorted(m.get("files") or {})
     return {
         "artifact": str(path),
         "verified": {"checksums": files, "state": list(comps), "signature": signature},
@@ -389,14 +400,39 @@ def cmd_verify(args):
 
 # --- apply -----------------------------------------------------------------------------------------------
 def _table(start, d):
-    """The flat table of one chunk: ``row`` then :meth:`calib.deploy.Decisions.columns`."""
-    return {"row": np.arange(start, start + len(d), dtype=np.int64), **d.columns()}
+    """The flat table of one chunk: ``row`` then :meth:`calib.deploy.Decisions.columns` (its ``set`` column,
+    class names joined by ``|``, built once per distinct set rather than once per row)."""
+    cols = d.columns(sets=False)
+    per_alpha = [] if d.sets is None else [d.sets] if d.sets.ndim == 2 else \
+        [d.sets[:, :, m] for m in range(d.sets.shape[2])]  # one set_size column per alpha, in this order
+    sets = dict(zip([name for name in cols if name.startswith("set_size")], per_alpha))
+    out = {"row": np.arange(start, start + len(d), dtype=np.int64)}
+    for name, a in cols.items():
+        out[name] = a
+        if name in sets:
+            out["set" + name[len("set_size"):]] = _set_strings(sets[name], d.pipeline.class_names_or_indices())
+    return out
+
+
+def _set_strings(sets, names):
+    k = sets.shape[1]
+    packed = np.packbits(sets, axis=1)
+    uniq, inverse = np.unique(packed, axis=0, return_inverse=True)
+    text = np.array(["|".join(names[j] for j in np.flatnonzero(np.unpackbits(u)[:k])) for u in uniq], dtype=object)
+    return text[inverse.reshape(-1)]
 
 
 def _strings(a):
+    """Text of one column for CSV: floats as the shortest text that reads back to the same value (formatted
+    once per distinct value: bands take a few values only)."""
     a = np.asarray(a)
-    if a.dtype.kind in "fiub":
-        return a.astype(str)  # floats: the shortest text that reads back to the same value
+    if a.dtype.kind == "f":
+        uniq, inverse = np.unique(a, return_inverse=True)
+        if uniq.size * 4 < a.size:
+            return uniq.astype(str)[inverse.reshape(-1)]
+        return a.astype(str)
+    if a.dtype.kind in "iub":
+        return a.astype(str)
     return a
 
 
@@ -514,6 +550,8 @@ class _Staging:
         while not p.exists():
             self.created.append(p)
             p = p.parent
+        if not p.is_dir():
+            raise CLIError(f"Expected --out inside a folder, got {str(out)!r}, whose {str(p)!r} is a file.", EXIT_INPUT)
         parent.mkdir(parents=True, exist_ok=True)
         try:
             self.dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.calib-tmp-", dir=parent))
@@ -605,7 +643,6 @@ def cmd_apply(args):
         raise CLIError(f"Expected --out ending in {', '.join(OUTPUT_FORMATS)}, got {str(out)!r}.", EXIT_INPUT)
     if fmt == "parquet":
         try:
-            import pyarrow  # noqa: F401
             import pyarrow.parquet  # noqa: F401
         except ImportError:
             raise CLIError(f"Expected pyarrow for a .parquet --out ({str(out)!r}), got none installed: pip install "
@@ -628,20 +665,38 @@ def cmd_apply(args):
     groups = _per_row(data, args.groups_key, "groups", "groups ids")
     fallback = _per_row(data, args.fallback_key, "fallback", "fallback labels")
     n = data.n_samples
-    stage = _Staging(out, args.overwrite)
+    writing = f"writing {str(out)!r}: "
+    with _stage(EXIT_INPUT, writing):
+        stage = _Staging(out, args.overwrite)
     writer = None
     bar = _NoBar()
     counts = np.zeros(3, dtype=np.int64)
+    rows = args.chunk_rows
+    if rows is None and fmt != "npz":  # text and parquet tables hold Python strings per row: smaller chunks
+        rows = max(1, min(pipe.chunk_rows(), TABLE_CHUNK_ROWS))
     try:
-        writer = {"csv": lambda: _CsvWriter(stage.file), "parquet": lambda: _ParquetWriter(stage.file),
-                  "npz": lambda: _NpzWriter(stage.file, n)}[fmt]()
+        with _stage(EXIT_INPUT, writing):
+            writer = {"csv": lambda: _CsvWriter(stage.file), "parquet": lambda: _ParquetWriter(stage.file),
+                      "npz": lambda: _NpzWriter(stage.file, n)}[fmt]()
         bar = _progress_bar(args.progress, n)
-        with _stage(EXIT_INPUT, f"applying the pipeline to {src!r}: "):
-            for start, d in pipe.iter_apply(data.logits, groups=groups, fallback=fallback, chunk_rows=args.chunk_rows):
+        chunks = pipe.iter_apply(data.logits, groups=groups, fallback=fallback, chunk_rows=rows)
+        while True:
+            try:
+                with _stage(EXIT_INPUT, f"applying the pipeline to {src!r}: ", imports=False):
+                    item = next(chunks, None)
+            except ImportError as err:  # only a non-portable component imports a package while predicting
+                kinds = ", ".join(f"{name} {c.kind!r}" for name, c in pipe.components.items() if not type(c).portable)
+                raise CLIError(f"Artifact {str(args.artifact)!r} is not portable: {kinds or 'a component'} needs a "
+                               f"package that is not installed to predict ({_text(err)}); install it, or serve a "
+                               "portable artifact.", EXIT_ARTIFACT) from err
+            if item is None:
+                break
+            start, d = item
+            with _stage(EXIT_INPUT, writing):
                 writer.write(start, d)
-                counts += np.bincount(d.actions, minlength=3)[:3]
-                bar.update(len(d))
-        with _stage(EXIT_INPUT, f"writing {str(out)!r}: "):
+            counts += np.bincount(d.actions, minlength=3)[:3]
+            bar.update(len(d))
+        with _stage(EXIT_INPUT, writing):
             writer.close(pipe)
             writer = None
             stage.publish()

@@ -184,7 +184,7 @@ class Decisions:
         return out
 
     def columns(self, *, sets=True):
-        """A flat table (dict of 1-D arrays): row, label, class_name, confidence, band_low, band_high,
+        """A flat table (dict of 1-D arrays): label, class_name, confidence, band_low, band_high,
         set_size and set (class names joined by ``|``) when there are sets, action, output, reason."""
         from calib.policy.routing import ACTIONS, REASONS
 

@@ -195,8 +195,8 @@ def test_inspect_text(capsys, store, lac):
     code, out, err = run(capsys, "inspect", store / "lac")
     assert code == 0 and err == ""
     text = out
-    for needle in ("signature: unsigned", "checksums of arrays.npz", "schema       2 (written by calib "
-                   f"{calib.__version__}", "portable     yes", "input        logits float32 of shape (n, 10)",
+    for needle in ("signature: unsigned", "checksums of arrays.npz",
+                   f"schema       2 (written by calib {calib.__version__}", "portable     yes", "input        logits float32 of shape (n, 10)",
                    "classes      10: c0, c1, c2", "calibrator   temperature", "conformal    split",
                    "policy       threshold", "threshold  0.9", "nll        1.8363 -> 0.7593",
                    "coverage 0.8635 (target 90%)", "automation 53.2%, escalation 46.8%, fallback 0.0%",
@@ -333,6 +333,25 @@ def test_bad_artifact_refused_by_every_command(capsys, art, tmp_path, new_logits
     assert folder_listing(out_dir) == before  # nothing written, no temp files
 
 
+def test_not_portable_without_its_package(capsys, tmp_path, monkeypatch):
+    """A netcal-backed artifact where netcal cannot be imported: exit 3 naming 'not portable', nothing written."""
+    pytest.importorskip("netcal")
+    from calib.calibrators import NetcalCalibrator
+    from calib.datasets import synthetic
+
+    d = synthetic(n=1000, n_classes=4, seed=0)
+    pipe = FittedPipeline.fit(d.logits, d.labels, calibrator=NetcalCalibrator(method="HistogramBinning"))
+    with pytest.warns(UserWarning, match="not portable"):
+        pipe.save(tmp_path / "nc")
+    np.savez(tmp_path / "in.npz", logits=d.logits[:20])
+    for name in [m for m in sys.modules if m == "netcal" or m.startswith("netcal.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if netcal were not installed
+    code, out, err = run(capsys, "apply", tmp_path / "nc", tmp_path / "in.npz", "--out", tmp_path / "d.csv")
+    assert code == 3 and out == ""
+    assert "is not portable" in one_error_line(err, "apply")
+    assert not (tmp_path / "d.csv").exists()
+
+
 def test_signature_required_when_key_configured(capsys, store, art, tmp_path, monkeypatch, new_logits):
     np.save(tmp_path / "x.npy", new_logits)
     monkeypatch.setenv("CALIB_SIGNING_KEY", "another-key-0123456789")
@@ -416,6 +435,50 @@ def test_apply_npy_is_memmapped_and_streamed_in_chunks(capsys, store, aps, tmp_p
         assert np.array_equal(z["actions"], want.actions) and np.array_equal(z["output"], want.output)
 
 
+def test_apply_csv_several_alphas_matches_columns(capsys, tmp_path):
+    """A committed schema-1 artifact with a Mondrian predictor at two alphas: one set_size/set column pair per
+    alpha, equal to Decisions.columns() (which joins the names row by row)."""
+    fixture = Path(__file__).parent / "fixtures" / "artifact_v1_pre_contract" / "mondrian_riskpolicy"
+    logits = np.random.default_rng(1).standard_normal((80, 5)).astype(np.float32) * 3
+    np.savez(tmp_path / "in.npz", logits=logits)
+    code, _, err = run(capsys, "apply", fixture, tmp_path / "in.npz", "--out", tmp_path / "d.csv", "--chunk-rows", 30)
+    assert code == 0 and err == ""
+    want = FittedPipeline.load(fixture).apply(logits).columns()
+    header, cols = read_csv(tmp_path / "d.csv")
+    assert header == ["row", *want]
+    assert "set_0.1" in header and "set_0.2" in header
+    for name in ("set_0.1", "set_0.2", "action", "reason", "class_name"):
+        assert cols[name] == [str(v) for v in want[name]], name
+    for name in ("set_size_0.1", "set_size_0.2", "output", "label"):
+        assert [int(v) for v in cols[name]] == want[name].tolist(), name
+
+
+def test_apply_group_conditional_reads_groups_from_the_file(capsys, tmp_path, data):
+    """A group-conditional Mondrian predictor: group ids come from the file's 'groups' or --groups-key."""
+    from calib.conformal import MondrianConformal
+
+    cal, test = data
+    g_cal = np.where(cal.labels % 2 == 0, "north", "south")
+    pipe = FittedPipeline.fit(cal.logits, cal.labels, calibrator=TemperatureScaling(),
+                              conformal=MondrianConformal(condition="group", alpha=0.1), groups=g_cal)
+    pipe.save(tmp_path / "art")
+    logits = test.logits[:200]
+    g = np.where(np.arange(200) % 3 == 0, "north", "south")
+    want = pipe.apply(logits, groups=g)
+    assert not np.array_equal(want.sets, pipe.apply(logits, groups=np.full(200, "north")).sets)  # groups matter
+    np.savez(tmp_path / "a.npz", logits=logits, groups=g)
+    np.savez(tmp_path / "b.npz", logits=logits, site=g)
+    for src, extra in (("a.npz", []), ("b.npz", ["--groups-key", "site"])):
+        code, _, err = run(capsys, "apply", tmp_path / "art", tmp_path / src, "--out", tmp_path / f"{src}.npz", *extra)
+        assert code == 0 and err == ""
+        with np.load(tmp_path / f"{src}.npz") as z:
+            assert np.array_equal(z["sets"], want.sets)
+    np.savez(tmp_path / "c.npz", logits=logits)  # no group ids: refused, nothing written
+    code, _, err = run(capsys, "apply", tmp_path / "art", tmp_path / "c.npz", "--out", tmp_path / "c.csv")
+    assert code == 2 and "groups" in one_error_line(err, "apply")
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_existing_out_refused_unless_overwrite(capsys, store, tmp_path, new_logits):
     np.save(tmp_path / "x.npy", new_logits)
     target = tmp_path / "d.csv"
@@ -493,6 +556,15 @@ def test_failure_mid_stream_leaves_nothing(capsys, store, tmp_path, aps, data):
     assert folder_listing(tmp_path) == ["in.npz"]
 
 
+def test_unwritable_out_is_bad_input(capsys, store, tmp_path, new_logits):
+    np.savez(tmp_path / "in.npz", logits=new_logits)
+    (tmp_path / "plain").write_text("a file, not a folder")
+    code, out, err = run(capsys, "apply", store / "lac", tmp_path / "in.npz", "--out", tmp_path / "plain" / "d.csv")
+    assert code == 2 and out == ""
+    assert "Expected --out inside a folder, got '" in one_error_line(err, "apply") and "plain' is a file" in err
+    assert folder_listing(tmp_path) == ["in.npz", "plain"] and (tmp_path / "plain").read_text() == "a file, not a folder"
+
+
 def test_apply_option_errors(capsys, store, tmp_path, new_logits, monkeypatch):
     np.savez(tmp_path / "in.npz", logits=new_logits)
     code, _, err = run(capsys, "apply", store / "lac", tmp_path / "in.npz", "--out", tmp_path / "d.txt")
@@ -513,13 +585,13 @@ def test_apply_option_errors(capsys, store, tmp_path, new_logits, monkeypatch):
 def test_progress_bar_on_request_and_warnings_as_lines(capsys, store, tmp_path, new_logits):
     pytest.importorskip("tqdm")
     np.savez(tmp_path / "in.npz", logits=new_logits, note=np.zeros(3))  # 'note' is not per-row: a log warning
-    code, out, err = run(capsys, "apply", store / "lac", tmp_path / "in.npz", "--out", tmp_path / "d.csv",
+    code, _, err = run(capsys, "apply", store / "lac", tmp_path / "in.npz", "--out", tmp_path / "d.csv",
                          "--progress", "--chunk-rows", 100)
     assert code == 0 and "calib apply" in err and "rows" in err  # tqdm's bar on stderr
     assert "calib apply: warning: Ignoring 'note'" in err
-    code, out, err = run(capsys, "apply", store / "lac", tmp_path / "in.npz", "--out", tmp_path / "e.csv",
+    code, _, err = run(capsys, "apply", store / "lac", tmp_path / "in.npz", "--out", tmp_path / "e.csv",
                          "--no-progress")
-    assert code == 0 and err.splitlines() == [line for line in err.splitlines() if "warning: Ignoring 'note'" in line]
+    assert code == 0 and len(err.splitlines()) == 1 and err.startswith("calib apply: warning: Ignoring 'note'")
 
 
 def test_debug_shows_the_traceback(capsys, store, tmp_path, monkeypatch):
@@ -582,3 +654,40 @@ def test_console_script_exit_codes_and_one_line(store, art, tmp_path, new_logits
     r = subprocess.run([sys.executable, "-m", "calib", "verify", str(store / "lac")], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("OK ") and r.stderr == ""
+
+
+def test_apply_inspect_verify_with_heavy_packages_blocked(store, tmp_path, new_logits):
+    """The serving path of the command needs numpy alone: with torch, scipy, hydra, omegaconf, matplotlib, netcal,
+    tqdm and pyarrow unimportable, apply (npy and csv in, csv and npz out), inspect and verify still work (verify
+    then says it could not recompute the Clopper-Pearson bounds)."""
+    np.save(tmp_path / "x.npy", new_logits)
+    with open(tmp_path / "x.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([f"c{j}" for j in range(K)])
+        w.writerows([[repr(float(v)) for v in row] for row in new_logits[:20]])
+    code = f"""
+import sys
+BLOCKED = {{"torch", "scipy", "hydra", "omegaconf", "matplotlib", "netcal", "tqdm", "pyarrow"}}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from calib.cli import main
+art, t = {str(store / "lac")!r}, {str(tmp_path)!r}
+codes = [main(["apply", art, t + "/x.npy", "--out", t + "/a.csv", "--progress"]),
+         main(["apply", art, t + "/x.csv", "--out", t + "/b.npz"]),
+         main(["inspect", art]), main(["verify", art])]
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print("RESULT", codes, leaked)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIB_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "RESULT [0, 0, 0, 0] []" in r.stdout, r.stdout + r.stderr
+    assert "bounds not recomputed: scipy is not installed" in r.stdout
+    assert r.stderr == ""
+    _, cols = read_csv(tmp_path / "a.csv")
+    assert len(cols["row"]) == 300
+    with np.load(tmp_path / "b.npz") as z:
+        assert z["probs"].shape == (20, K)
