@@ -882,6 +882,12 @@ def main(argv=None):
                 code, message, exc = err.code, err.message, err
             except KeyboardInterrupt as err:
                 code, message, exc = EXIT_INTERRUPTED, "interrupted", err
+            except BrokenPipeError:  # `calib inspect ... | head`: the reader left; not an error of ours
+                try:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+                except (OSError, ValueError, AttributeError):
+                    pass
+                return EXIT_OK
             except Exception as err:  # a bug: still one line, with the way to see more
                 code, exc = EXIT_INTERNAL, err
                 message = (f"internal error {type(err).__name__}: {err} (a bug in calib; set CALIB_DEBUG=1 for the "
