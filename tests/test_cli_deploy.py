@@ -656,6 +656,16 @@ def test_console_script_exit_codes_and_one_line(store, art, tmp_path, new_logits
     assert r.returncode == 0 and r.stdout.startswith("OK ") and r.stderr == ""
 
 
+def test_inspect_into_a_closed_pipe_is_not_an_error(store):
+    """`calib inspect ARTIFACT | head -1`: the reader leaves early (here `true`, which reads nothing and exits before
+    calib writes); the command exits 0 without a word on stderr."""
+    exe = _script()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIB_")}
+    r = subprocess.run(f"'{exe}' inspect '{store / 'lac'}' | true; exit ${{PIPESTATUS[0]}}", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 def test_apply_inspect_verify_with_heavy_packages_blocked(store, tmp_path, new_logits):
     """The serving path of the command needs numpy alone: with torch, scipy, hydra, omegaconf, matplotlib, netcal,
     tqdm and pyarrow unimportable, apply (npy and csv in, csv and npz out), inspect and verify still work (verify
