@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.deploy import set_strings
+
 __all__ = ["main", "CLIError", "EXIT_OK", "EXIT_CHECK", "EXIT_INPUT", "EXIT_ARTIFACT", "EXIT_INTERNAL",
            "OUTPUT_FORMATS", "PROGRESS_MIN_ROWS"]
 
@@ -410,16 +412,8 @@ def _table(start, d):
     for name, a in cols.items():
         out[name] = a
         if name in sets:
-            out["set" + name[len("set_size"):]] = _set_strings(sets[name], d.pipeline.class_names_or_indices())
+            out["set" + name[len("set_size"):]] = set_strings(sets[name], d.pipeline.class_names_or_indices())
     return out
-
-
-def _set_strings(sets, names):
-    k = sets.shape[1]
-    packed = np.packbits(sets, axis=1)
-    uniq, inverse = np.unique(packed, axis=0, return_inverse=True)
-    text = np.array(["|".join(names[j] for j in np.flatnonzero(np.unpackbits(u)[:k])) for u in uniq], dtype=object)
-    return text[inverse.reshape(-1)]
 
 
 def _strings(a):

@@ -122,6 +122,14 @@ def probe_logits(n_classes, rows=PROBE_ROWS):
     return (rng.standard_normal((rows, n_classes)) * scale).astype(np.float32)
 
 
+def set_strings(sets, names):
+    """Each row's set as its class names joined by ``|`` (object array): formatted once per distinct set."""
+    k = sets.shape[1]
+    uniq, inverse = np.unique(np.packbits(sets, axis=1), axis=0, return_inverse=True)
+    text = np.array(["|".join(names[j] for j in np.flatnonzero(np.unpackbits(u)[:k])) for u in uniq], dtype=object)
+    return text[inverse.reshape(-1)]
+
+
 # --- decisions ----------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Decisions:
@@ -197,7 +205,7 @@ class Decisions:
             for suffix, s in per_alpha:
                 cols[f"set_size{suffix}"] = s.sum(axis=1)
                 if sets:
-                    cols[f"set{suffix}"] = np.array(["|".join(names[row]) for row in s], dtype=object)
+                    cols[f"set{suffix}"] = set_strings(s, names)
         cols["action"] = np.asarray(ACTIONS)[self.actions]
         cols["output"] = self.output
         cols["reason"] = np.asarray(REASONS)[self.reasons]
