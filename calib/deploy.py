@@ -71,8 +71,13 @@ def reliability_table(confidence, correct, *, n_bins=10, min_per_bin=50, level=B
     n = c.size
     m = max(1, min(int(n_bins), n // int(min_per_bin)))
     edges = np.unique(np.quantile(c, np.arange(1, m) / m)) if m > 1 else np.empty(0)
-    idx = np.searchsorted(edges, c, side="right")
-    counts = np.bincount(idx, minlength=edges.size + 1)
+    while True:  # tied confidences can leave a bin empty: merge it into its right neighbour (the last: left)
+        idx = np.searchsorted(edges, c, side="right")
+        counts = np.bincount(idx, minlength=edges.size + 1)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size == 0 or edges.size == 0:
+            break
+        edges = np.delete(edges, min(int(empty[0]), edges.size - 1))
     hits = np.bincount(idx, weights=ok, minlength=edges.size + 1).astype(np.int64)
     bounds = np.array([clopper_pearson(int(h), int(t), level) for h, t in zip(hits, counts)], dtype=np.float64)
     return {"edges": edges.tolist(), "n": counts.tolist(), "correct": hits.tolist(),
@@ -140,6 +145,7 @@ class Decisions:
     like confidence (NaN without a reliability table); ``sets`` (n, k) bool or None; ``actions`` (n,) int8
     (0 answer, 1 escalate, 2 fallback; all 0 without a policy); ``output`` (n,) the automated label (-1 when
     escalated); ``reasons`` (n,) int8 indices into :data:`calib.policy.routing.REASONS`.
+    ``fallback`` (n,) the fallback's label per item, or None without a fallback.
     ``explain(i)`` is the per-item explanation a product shows; ``columns()`` a flat table."""
 
     probs: np.ndarray
@@ -151,7 +157,8 @@ class Decisions:
     actions: np.ndarray
     output: np.ndarray
     reasons: np.ndarray
-    pipeline: "FittedPipeline" = dataclasses.field(repr=False, compare=False)
+    fallback: np.ndarray | None = None  # the fallback's label per item (None: no fallback)
+    pipeline: "FittedPipeline" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __len__(self):
         return int(self.label.shape[0])
@@ -188,7 +195,8 @@ class Decisions:
                   if sets_i is not None and sets_i.ndim == 2 else {}),
                "action": action, "output": None if output < 0 else output,
                "output_name": None if output < 0 else pipe.class_name(output), "reason": reason}
-        out["message"] = pipe._message(out, self.probs[i], members)
+        fb = None if self.fallback is None else int(self.fallback[i])
+        out["message"] = pipe._message(out, self.probs[i], members, fb)
         return out
 
     def columns(self, *, sets=True):
@@ -212,7 +220,8 @@ class Decisions:
         return cols
 
 
-_FIELDS = ("probs", "label", "confidence", "band_low", "band_high", "sets", "actions", "output", "reasons")
+_FIELDS = ("probs", "label", "confidence", "band_low", "band_high", "sets", "actions", "output", "reasons",
+           "fallback")
 
 
 # --- the pipeline -------------------------------------------------------------------------------------
@@ -238,8 +247,11 @@ class FittedPipeline:
             if obj is not None and obj.n_classes_ != k:
                 raise ValueError(f"Expected the {name} fitted on {k} classes (as the calibrator), got {obj.n_classes_}.")
         if policy is not None and policy.needs_sets and conformal is None:
-            raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on prediction "
-                             "sets), got none.")
+            raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on conformal "
+                             "prediction sets), got none.")
+        if policy is not None and policy.needs_sets and isinstance(conformal.alpha, tuple):
+            raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes on "
+                             f"one prediction set per item), got alpha={list(conformal.alpha)}.")
         if class_names is not None:
             class_names = tuple(str(c) for c in class_names)
             if len(class_names) != k:
@@ -261,6 +273,13 @@ class FittedPipeline:
         policy), and build the reliability table (``n_bins`` equal-mass bins) and the probe outputs."""
         from calib._validation import check_logits_labels
 
+        if policy is not None and getattr(policy, "needs_sets", False):
+            if conformal is None:
+                raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on conformal "
+                                 "prediction sets), got none.")
+            if isinstance(conformal.alpha, tuple):
+                raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes "
+                                 f"on one prediction set per item), got alpha={list(conformal.alpha)}.")
         x, y = check_logits_labels(logits, labels)
         calibrator.fit(x, y)
         p = calibrator.predict_proba(x)
@@ -290,15 +309,18 @@ class FittedPipeline:
         return pipe
 
     def _probe_outputs(self):
-        if not self.portable or (self.conformal is not None and self.conformal.kind == "mondrian"
-                                 and self.conformal.condition == "group"):
-            return None  # group ids of new items are not known here; non-portable ones are not served
+        if not self.portable:
+            return None  # not served by calib.runtime
         x = probe_logits(self.n_classes)
+        groups = None
+        if self.conformal is not None and self.conformal.kind == "mondrian" and self.conformal.condition == "group":
+            g = self.conformal.groups_
+            groups = g[np.arange(x.shape[0]) % g.size]  # every fitted group, in turn
         fb = None
         if self.policy is not None and self.policy.fallback in ("extras", "auto"):  # per-item fallback labels
             fb = (np.arange(x.shape[0]) % self.n_classes).astype(np.int64)
-        d = self.apply(x, fallback=fb)
-        return {"logits": x, "fallback": fb, "probs": d.probs, "sets": d.sets, "actions": d.actions,
+        d = self.apply(x, fallback=fb, groups=groups)
+        return {"logits": x, "fallback": fb, "groups": groups, "probs": d.probs, "sets": d.sets, "actions": d.actions,
                 "reasons": d.reasons}
 
     # --- properties ---------------------------------------------------------------------------------
@@ -355,7 +377,16 @@ class FittedPipeline:
         if self.conformal is None:
             raise ValueError("Expected a pipeline with a conformal predictor for predict_set, got none "
                              "(fit or save it with conformal=...).")
-        return self.apply(logits, groups=groups).sets
+        x = self._check_logits(logits)
+        groups = self._check_rows(groups, "groups", x.shape[0])
+        out = None
+        for rows in _chunks.row_slices(x.shape[0], self.n_classes, entries=APPLY_ENTRIES, minimum=64):
+            s = self.conformal.predict_set(self.calibrator.predict_proba(x[rows]),
+                                           groups=None if groups is None else groups[rows], row_offset=rows.start)
+            if out is None:
+                out = np.empty((x.shape[0], *s.shape[1:]), dtype=bool)
+            out[rows] = s
+        return out
 
     def apply(self, logits, *, groups=None, fallback=None):
         """Decisions for every row of ``logits`` (n, k): see :class:`Decisions`. ``groups`` (n,) feeds a
@@ -391,10 +422,27 @@ class FittedPipeline:
             chunk_rows = self.chunk_rows()
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
             raise ValueError(f"Expected chunk_rows as a positive integer, got {chunk_rows!r}.")
+        if n == 0:
+            raise ValueError(f"Expected logits with at least one row, got shape {tuple(x.shape)}.")
         for start in range(0, n, int(chunk_rows)):
             rows = slice(start, min(n, start + int(chunk_rows)))
-            yield start, self._apply_rows(self._check_logits(x[rows]), None if groups is None else groups[rows],
+            yield start, self._apply_rows(self._check_chunk(x[rows], start), None if groups is None else groups[rows],
                                           None if fallback is None else fallback[rows], start)
+
+    def _check_chunk(self, chunk, start):
+        """:meth:`_check_logits` of rows ``start:start + len(chunk)`` of a larger input; a non-finite entry is
+        reported by its row in the whole input."""
+        try:
+            return self._check_logits(chunk)
+        except ValueError:
+            c = np.asarray(chunk)
+            if c.dtype.kind == "f":
+                bad = ~np.isfinite(c)
+                if bad.any():
+                    rows = np.flatnonzero(bad.any(axis=1)) + start
+                    raise ValueError(f"Expected finite logits, got {int(bad.sum())} NaN/inf entries in rows {start}-"
+                                     f"{start + c.shape[0] - 1} (first rows: {rows[:5].tolist()}).") from None
+            raise
 
     def _check_shape_only(self, logits):
         x = logits if hasattr(logits, "shape") and hasattr(logits, "dtype") else np.asarray(logits)
@@ -424,14 +472,15 @@ class FittedPipeline:
         if self.policy is not None:  # the calibrator's output is trusted here: no second validation pass
             d = self.policy._route(p, label, sets=sets if self.policy.needs_sets else None, fallback=fallback,
                                    explain=True)
-            actions, output, reasons = d.actions, d.output, d.reasons
+            actions, output, reasons, fb = d.actions, d.output, d.reasons, d.fallback
         else:
+            fb = None
             actions = np.zeros(p.shape[0], dtype=np.int8)
             output = label.copy()
             reasons = np.zeros(p.shape[0], dtype=np.int8)  # "no_policy"
         lo, hi = self._band(conf)
         return Decisions(probs=p, label=label, confidence=conf, band_low=lo, band_high=hi, sets=sets,
-                         actions=actions, output=output, reasons=reasons, pipeline=self)
+                         actions=actions, output=output, reasons=reasons, fallback=fb, pipeline=self)
 
     def _band(self, conf):
         t = self.reliability
@@ -442,7 +491,7 @@ class FittedPipeline:
         return t["lower"][idx], t["upper"][idx]
 
     # --- explanation text ---------------------------------------------------------------------------
-    def _message(self, e, probs, members):
+    def _message(self, e, probs, members, fb_label=None):
         name = e["class_name"]
         band = ""
         if e["band"] is not None:
@@ -481,9 +530,12 @@ class FittedPipeline:
         if r == "fallback_in_set":
             return f"Fallback label {fb!r}: it lies in {setdesc}."
         c = pol.cost_model.action_costs(np.asarray([float(probs.max())]),
-                                        None if e["action"] != "fallback" else np.asarray([float(probs[e["output"]])]))
+                                        None if fb_label is None else np.asarray([float(probs[fb_label])]))
         costs = ", ".join(f"{a} {v:.3f}" for a, v in zip(("answer", "escalate", "fallback"), c[0]) if np.isfinite(v))
-        verb = {"answer_cheapest": f"Answered {name!r}", "escalate_cheapest": "Escalated to a person",
+        fb_name = None if fb_label is None else self.class_name(fb_label)
+        verb = {"answer_cheapest": f"Answered {name!r}",
+                "escalate_cheapest": f"Escalated to a person (the model says {name!r}"
+                                     + (f", the fallback {fb_name!r})" if fb_name is not None else ")"),
                 "fallback_cheapest": f"Fallback label {fb!r}"}[r]
         return f"{verb}: lowest expected cost ({costs}).{band}"
 
@@ -540,7 +592,7 @@ class FittedPipeline:
         probe = None
         if block.get("probe"):
             names = block["probe"]
-            if not isinstance(names, list) or not set(names) <= {"logits", "fallback", "probs", "sets", "actions", "reasons"} \
+            if not isinstance(names, list) or not set(names) <= {"logits", "fallback", "groups", "probs", "sets", "actions", "reasons"} \
                     or set(parrays) != {f"probe_{k}" for k in names} or "logits" not in names:
                 raise ArtifactError(f"Expected pipeline.probe in {mfile!r} listing the stored probe arrays, got {names!r:.200}.")
             probe = {k: parrays[f"probe_{k}"] for k in names}
@@ -567,7 +619,7 @@ class FittedPipeline:
         ``ok`` is True when nothing differs. A pipeline without stored probes reports ``checked: []``."""
         if self.probe is None:
             return {"probe_rows": 0, "checked": [], "mismatches": {}, "max_abs_diff_probs": None, "ok": True}
-        d = self.apply(self.probe["logits"], fallback=self.probe.get("fallback"))
+        d = self.apply(self.probe["logits"], fallback=self.probe.get("fallback"), groups=self.probe.get("groups"))
         got = {"probs": d.probs, "sets": d.sets, "actions": d.actions, "reasons": d.reasons}
         mismatches, checked = {}, []
         for name in ("probs", "sets", "actions", "reasons"):
