@@ -9,7 +9,7 @@ from pathlib import Path
 
 from calib._json import to_json
 
-__all__ = ["write_text_atomic", "write_json_atomic", "umask"]
+__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "umask"]
 
 
 def umask():
@@ -26,14 +26,15 @@ def umask():
     return mask
 
 
-def write_text_atomic(path, text):
+def write_bytes_atomic(path, data):
+    """Write ``data`` to ``path`` through a temporary sibling renamed over it (fsynced; the process umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; results are read like the rest of the run
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -42,6 +43,11 @@ def write_text_atomic(path, text):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_text_atomic(path, text):
+    """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path, obj):

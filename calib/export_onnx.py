@@ -38,7 +38,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -694,23 +693,6 @@ def _check_real(value, name, lo, hi):
     return float(value)
 
 
-def _write_bytes_atomic(path, data):
-    from calib._atomic import umask
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def export_onnx(calibrator, path, *, conformal=None, policy=None, class_names=None, opset=None, check=True,
                 rtol=0.0, atol=1e-6, strict=False, metadata=None, fallback_input=False, sample=None,
                 overwrite=False) -> dict:
@@ -894,7 +876,9 @@ def export_onnx(calibrator, path, *, conformal=None, policy=None, class_names=No
         report = _run_check(data, cal, cp_ok, pol_ok, list(outputs), logits, fb_arr, atol, rtol, g.softmax)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(path, data)
+    from calib._atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
     return {"path": str(path), "inputs": [i.name for i in inputs], "outputs": list(outputs), "omitted": omitted,
             "opset": opset, "max_abs_diff": {} if report is None else report["max_abs_diff"], "check": report}
 
