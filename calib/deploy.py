@@ -58,6 +58,23 @@ def _registries():
     return {"calibrator": calibrators.REGISTRY, "conformal": conformal.REGISTRY, "policy": policy.REGISTRY}
 
 
+_PACKAGES = {"calibrator": "calib.calibrators", "conformal": "calib.conformal", "policy": "calib.policy"}
+
+
+def _check_component(obj, name, *, fitted):
+    """``obj`` must be an instance of a class in its package's REGISTRY (and fitted when ``fitted``)."""
+    registry = _registries()[name]
+    if isinstance(obj, type):
+        raise TypeError(f"Expected {name} as an instance of a class of {_PACKAGES[name]}.REGISTRY, got the class "
+                        f"{obj.__name__} itself; pass an instance, e.g. {obj.__name__}().")
+    kind = getattr(obj, "kind", None)
+    if not isinstance(kind, str) or kind not in registry or type(obj) is not registry[kind]:
+        raise TypeError(f"Expected {name} as an instance of a class of {_PACKAGES[name]}.REGISTRY (kinds: "
+                        f"{sorted(registry)}), got {type(obj).__name__} {obj!r:.60}.")
+    if fitted:
+        obj._check_fitted()
+
+
 # --- reliability table: the band of a confidence ------------------------------------------------------
 def reliability_table(confidence, correct, *, n_bins=10, min_per_bin=50, level=BAND_LEVEL):
     """Equal-mass bins of calibrated top-label ``confidence`` on the calibration items, each with its count,
@@ -231,17 +248,12 @@ class FittedPipeline:
 
     def __init__(self, calibrator, conformal=None, policy=None, *, class_names=None, reliability=None,
                  input_dtype="float32", probe=None, provenance=None):
-        reg = _registries()
         for name, obj in (("calibrator", calibrator), ("conformal", conformal), ("policy", policy)):
             if obj is None:
                 if name == "calibrator":
                     raise TypeError("Expected a fitted calibrator, got None.")
                 continue
-            kind = getattr(obj, "kind", None)
-            if kind not in reg[name] or type(obj) is not reg[name][kind]:
-                raise TypeError(f"Expected {name} as a member of calib.{name if name != 'calibrator' else 'calibrators'}"
-                                f".REGISTRY, got {type(obj).__name__}.")
-            obj._check_fitted()
+            _check_component(obj, name, fitted=True)
         k = calibrator.n_classes_
         for name, obj in (("conformal", conformal), ("policy", policy)):
             if obj is not None and obj.n_classes_ != k:
@@ -253,13 +265,18 @@ class FittedPipeline:
             raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes on "
                              f"one prediction set per item), got alpha={list(conformal.alpha)}.")
         if class_names is not None:
+            if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__"):
+                raise TypeError(f"Expected class_names as a sequence of {k} strings, got {type(class_names).__name__} "
+                                f"{class_names!r:.60}.")
             class_names = tuple(str(c) for c in class_names)
             if len(class_names) != k:
                 raise ValueError(f"Expected {k} class_names, got {len(class_names)}.")
         self.calibrator, self.conformal, self.policy = calibrator, conformal, policy
         self.class_names = class_names
         self.n_classes = int(k)
-        self.input_dtype = str(np.dtype(input_dtype))
+        if str(input_dtype) not in ("float16", "float32", "float64"):
+            raise ValueError(f"Expected input_dtype as one of ['float16', 'float32', 'float64'], got {input_dtype!r:.60}.")
+        self.input_dtype = str(input_dtype)
         self.reliability = None if reliability is None else _check_reliability(reliability, "FittedPipeline")
         self.probe = probe  # {"logits", "probs", "label", "sets", "actions"} or None
         self.provenance = dict(provenance or {})
@@ -273,6 +290,13 @@ class FittedPipeline:
         policy), and build the reliability table (``n_bins`` equal-mass bins) and the probe outputs."""
         from calib._validation import check_logits_labels
 
+        from calib._validation import check_positive_int
+
+        n_bins = check_positive_int(n_bins, "n_bins")
+        _check_component(calibrator, "calibrator", fitted=False)
+        for name, obj in (("conformal", conformal), ("policy", policy)):
+            if obj is not None:
+                _check_component(obj, name, fitted=False)
         if policy is not None and getattr(policy, "needs_sets", False):
             if conformal is None:
                 raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on conformal "
@@ -281,6 +305,10 @@ class FittedPipeline:
                 raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes "
                                  f"on one prediction set per item), got alpha={list(conformal.alpha)}.")
         x, y = check_logits_labels(logits, labels)
+        if class_names is not None and (isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__")
+                                        or len(class_names) != x.shape[1]):
+            raise ValueError(f"Expected class_names as a sequence of {x.shape[1]} strings (one per column of logits), "
+                             f"got {class_names!r:.80}.")
         calibrator.fit(x, y)
         p = calibrator.predict_proba(x)
         sets = None
@@ -292,7 +320,7 @@ class FittedPipeline:
             policy.fit(p, y, sets=sets, fallback=fallback, groups=groups)
         table = reliability_table(p.max(axis=1), p.argmax(axis=1) == y, n_bins=n_bins)
         pipe = cls(calibrator, conformal, policy, class_names=class_names, reliability=table,
-                   input_dtype=np.dtype(x.dtype).name)
+                   input_dtype=np.dtype(x.dtype).name if x.dtype in (np.float16, np.float32, np.float64) else "float32")
         pipe.probe = pipe._probe_outputs()
         return pipe
 

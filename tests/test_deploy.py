@@ -304,7 +304,7 @@ def test_unfitted_components_are_refused():
         FittedPipeline.from_parts(ts, policy=ThresholdPolicy(threshold=0.5))
     with pytest.raises(TypeError, match="fitted calibrator, got None"):
         FittedPipeline(None)
-    with pytest.raises(TypeError, match=r"calibrator as a member of calib\.calibrators\.REGISTRY, got str"):
+    with pytest.raises(TypeError, match=r"calibrator as an instance of a class of calib\.calibrators\.REGISTRY .*got str"):
         FittedPipeline("temperature")
 
 
@@ -492,3 +492,32 @@ def test_group_conditional_pipeline_stores_probe_rows_for_every_group():
     assert set(pipe.probe["groups"].tolist()) == {"a", "b", "c"}
     report = pipe.verify()
     assert report["ok"] and "sets" in report["checked"] and report["probe_rows"] == 64
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"calibrator": "temperature"}, TypeError, r"calibrator as an instance of a class of calib\.calibrators\.REGISTRY"),
+    ({"calibrator": TemperatureScaling}, TypeError, r"got the class TemperatureScaling itself; pass an instance"),
+    ({"calibrator": TemperatureScaling(), "policy": "threshold"}, TypeError, r"policy as an instance .* got str 'threshold'"),
+    ({"calibrator": TemperatureScaling(), "conformal": ThresholdPolicy(threshold=0.5)}, TypeError,
+     r"conformal as an instance of a class of calib\.conformal\.REGISTRY"),
+    ({"calibrator": TemperatureScaling(), "n_bins": 0}, ValueError, r"n_bins >= 1, got 0"),
+    ({"calibrator": TemperatureScaling(), "n_bins": "10"}, TypeError, r"n_bins as an integer"),
+    ({"calibrator": TemperatureScaling(), "class_names": "abcd"}, ValueError, r"class_names as a sequence of 4 strings"),
+    ({"calibrator": TemperatureScaling(), "class_names": ["a", "b"]}, ValueError, r"class_names as a sequence of 4"),
+])
+def test_fit_refuses_bad_arguments_before_fitting_anything(kwargs, error, match):
+    d = synthetic(n=400, n_classes=4, seed=1)
+    with pytest.raises(error, match=match):
+        FittedPipeline.fit(d.logits, d.labels, **kwargs)
+    cal = kwargs.get("calibrator")
+    if isinstance(cal, TemperatureScaling):
+        assert not cal.is_fitted  # refused before any component was fitted
+
+
+def test_constructor_refuses_a_string_of_class_names_and_an_unknown_dtype():
+    d = synthetic(n=400, n_classes=4, seed=1)
+    ts = TemperatureScaling().fit(d.logits, d.labels)
+    with pytest.raises(TypeError, match=r"class_names as a sequence of 4 strings, got str 'abcd'"):
+        FittedPipeline(ts, class_names="abcd")
+    with pytest.raises(ValueError, match=r"input_dtype as one of \['float16', 'float32', 'float64'\], got 'int8'"):
+        FittedPipeline(ts, input_dtype="int8")
