@@ -45,7 +45,7 @@ import numpy as np
 
 from calib._validation import as_array, check_fraction, check_labels, check_logits
 
-__all__ = ["LogitsData", "load_logits", "stratified_split", "SUPPORTED_EXTENSIONS", "PER_ROW_KEYS"]
+__all__ = ["LogitsData", "LogitsWriter", "load_logits", "stratified_split", "SUPPORTED_EXTENSIONS", "PER_ROW_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -579,3 +579,206 @@ def _read_csv(path, *, require_labels=True):
     if "fallback" in header:
         out["fallback"] = _csv_numbers(columns[header.index("fallback")], "fallback", lines, path)
     return out
+
+
+# --- writing logits batch by batch ---------------------------------------------------------------------
+_HEADER_BYTES = 128  # fixed .npy header (format 1.0), rewritten in place with the final shape at close
+_WRITER_KEYS = ("labels", "groups", "split", "fallback")
+
+
+def _npy_header(dtype, shape):
+    """A format-1.0 ``.npy`` header of exactly :data:`_HEADER_BYTES` bytes."""
+    body = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (np.lib.format.dtype_to_descr(dtype), tuple(shape))
+    pad = _HEADER_BYTES - 10 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"Expected a .npy header of at most {_HEADER_BYTES} bytes, got dtype {dtype} shape {shape}.")
+    body = body + " " * pad + "\n"
+    return b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body.encode("latin1")
+
+
+class LogitsWriter:
+    """Write a logits file batch by batch, as an evaluation loop produces it, without holding it in memory.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "val.npz")
+    >>> with LogitsWriter(path, n_classes=3) as w:
+    ...     for _ in range(4):
+    ...         w.write(np.zeros((5, 3), np.float32), labels=np.arange(5) % 3)
+    >>> load_logits(path).logits.shape
+    (20, 3)
+
+    ``path`` ends in ``.npz`` (logits, and whichever of labels, groups, split, fallback the batches carry, plus
+    ``class_names``: the contract of :func:`load_logits`) or ``.npy`` (the logits, memory-mappable by
+    ``load_logits(path, mmap=True)``, with the labels in ``labels.npy`` beside it, where ``load_logits`` looks
+    for them; groups, split and fallback need ``.npz``). Each batch streams to a temporary file beside ``path``
+    (a ``.npy`` with a fixed-size header rewritten at the end), so memory stays one batch whatever the total;
+    string group ids, which need the widest id to fix their width, are kept in memory (one string per row).
+    ``dtype`` (float16, float32 (default) or float64) is what the logits are stored as: each batch is cast to
+    it. Every batch is validated (k columns, finite logits, labels in range, the same keys as the first
+    batch); a batch that fails aborts the writer (a file with a silently missing batch would mislead). Nothing
+    appears at ``path`` until :meth:`close` (or the end of a ``with`` block) succeeds; an error, or an
+    exception inside the ``with`` block, removes every temporary file. An existing file is
+    refused unless ``overwrite=True``.
+    """
+
+    def __init__(self, path, n_classes, *, dtype="float32", class_names=None, overwrite=False):
+        import tempfile
+
+        from calib._validation import check_choice, check_positive_int
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"Expected path as a str or os.PathLike, got {type(path).__name__} {path!r:.80}.")
+        self.path = Path(path)
+        self.format = self.path.suffix.lower()
+        if self.format not in (".npz", ".npy"):
+            raise ValueError(f"Expected path ending in .npz or .npy (LogitsWriter), got {str(self.path)!r}.")
+        self.n_classes = check_positive_int(n_classes, "n_classes", minimum=2)
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = dtype
+        self.dtype = np.dtype(check_choice(name, "dtype", ("float16", "float32", "float64")))
+        if class_names is not None:
+            if isinstance(class_names, (str, bytes)) or len(class_names) != self.n_classes:
+                raise ValueError(f"Expected class_names as {self.n_classes} strings, got {class_names!r:.80}.")
+            class_names = np.array([str(c) for c in class_names])
+        self.class_names = class_names
+        targets = [self.path] + ([self.path.with_name("labels.npy")] if self.format == ".npy" else [])
+        for t in targets:
+            if (t.exists() or t.is_symlink()) and not overwrite:
+                raise FileExistsError(f"Expected no file at {str(t)!r} (LogitsWriter output), got one; pass "
+                                      "overwrite=True to replace it.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.writing-", dir=self.path.parent))
+        import shutil
+        import weakref
+
+        # a writer dropped without close() or abort() removes its temporary folder when collected
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
+        self._files = {}  # key -> [file handle, dtype, rows]
+        self._strings = None  # string group ids (list of arrays)
+        self._keys = None
+        self.n_rows = 0
+        self._closed = False
+
+    # --- writing ------------------------------------------------------------------------------------
+    def write(self, logits, labels=None, *, groups=None, split=None, fallback=None):
+        """Append one batch: logits (b, k) and, optionally, labels, groups, split (0/1), fallback (b,)."""
+        from calib._validation import check_labels
+
+        if self._closed:
+            raise ValueError(f"Expected an open LogitsWriter, got one already closed ({str(self.path)!r}).")
+        try:
+            x = check_logits(logits, "logits", n_classes=self.n_classes)
+            b = x.shape[0]
+            given = {"labels": labels, "groups": groups, "split": split, "fallback": fallback}
+            keys = tuple(k for k in _WRITER_KEYS if given[k] is not None)
+            if self._keys is None:
+                if self.format == ".npy" and set(keys) - {"labels"}:
+                    raise ValueError(f"Expected only labels beside .npy logits, got {sorted(set(keys) - {'labels'})}; "
+                                     "write a .npz to keep groups, split or fallback.")
+                self._keys = keys
+            elif keys != self._keys:
+                raise ValueError(f"Expected the same arrays in every batch ({list(self._keys)}, as in the first), got "
+                                 f"{list(keys)} in batch at row {self.n_rows}.")
+            out = {"logits": x.astype(self.dtype, copy=False)}
+            if labels is not None:
+                out["labels"] = check_labels(labels, "labels", n_samples=b, n_classes=self.n_classes).astype(np.int64)
+            if fallback is not None:
+                out["fallback"] = check_labels(fallback, "fallback", n_samples=b,
+                                               n_classes=self.n_classes).astype(np.int64)
+            if split is not None:
+                s = as_array(split, "split")
+                if s.shape != (b,) or s.dtype.kind not in "biuf" or not np.isin(s, (0, 1)).all():
+                    raise ValueError(f"Expected split as {b} values 0 (calibration) or 1 (test), got dtype {s.dtype} "
+                                     f"shape {s.shape}.")
+                out["split"] = s.astype(np.int8)
+            if groups is not None:
+                g = _check_groups(groups, b)
+                if g.dtype.kind in "US":
+                    if self.n_rows and self._strings is None:
+                        raise TypeError("Expected group ids of one type in every batch, got strings after integers.")
+                    self._strings = (self._strings or []) + [g.astype(str)]
+                else:
+                    if self._strings is not None:
+                        raise TypeError("Expected group ids of one type in every batch, got integers after strings.")
+                    out["groups"] = g.astype(np.int64)
+            for key, a in out.items():
+                self._append(key, np.ascontiguousarray(a))
+            self.n_rows += b
+        except BaseException:
+            self.abort()
+            raise
+
+    def _append(self, key, a):
+        entry = self._files.get(key)
+        if entry is None:
+            fh = open(self._tmp / f"{key}.npy", "wb")
+            fh.write(_npy_header(a.dtype, (0, *a.shape[1:])))
+            entry = self._files[key] = [fh, a.dtype, 0, a.shape[1:]]
+        entry[0].write(memoryview(a).cast("B"))
+        entry[2] += a.shape[0]
+
+    # --- finishing ----------------------------------------------------------------------------------
+    def close(self):
+        """Finish the files and move them into place; returns ``path``."""
+        if self._closed:
+            return self.path
+        try:
+            if self.n_rows == 0:
+                raise ValueError(f"Expected at least one row written to {str(self.path)!r}, got none.")
+            parts = {}
+            for key, (fh, dtype, rows, trailing) in self._files.items():
+                fh.seek(0)
+                fh.write(_npy_header(dtype, (rows, *trailing)))
+                fh.flush()
+                os.fsync(fh.fileno())
+                fh.close()
+                parts[key] = self._tmp / f"{key}.npy"
+            if self._strings is not None:
+                np.save(self._tmp / "groups.npy", np.concatenate(self._strings), allow_pickle=False)
+                parts["groups"] = self._tmp / "groups.npy"
+            if self.class_names is not None:
+                np.save(self._tmp / "class_names.npy", self.class_names, allow_pickle=False)
+                parts["class_names"] = self._tmp / "class_names.npy"
+            if self.format == ".npy":
+                if "labels" in parts:
+                    os.replace(parts["labels"], self.path.with_name("labels.npy"))
+                os.replace(parts["logits"], self.path)
+            else:
+                tmp_zip = self._tmp / "out.npz"
+                with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    for key, part in parts.items():  # streamed member by member (no array in memory)
+                        with open(part, "rb") as src, zf.open(f"{key}.npy", "w", force_zip64=True) as dst:
+                            for block in iter(lambda: src.read(1 << 22), b""):
+                                dst.write(block)
+                with open(tmp_zip, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp_zip, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._cleanup()
+        return self.path
+
+    def abort(self):
+        """Drop everything written so far (nothing appears at ``path``)."""
+        for fh, *_ in self._files.values():
+            try:
+                fh.close()
+            except OSError:
+                pass
+        self._files = {}
+        self._closed = True
+        self._cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
