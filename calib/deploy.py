@@ -110,6 +110,16 @@ def _check_reliability(table, where):
 
     if not isinstance(table, dict) or set(table) != {"edges", "n", "correct", "lower", "upper", "level"}:
         bad("as a table with edges, n, correct, lower, upper and level")
+    for key in ("edges", "n", "correct", "lower", "upper"):
+        values = table[key]
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                for v in values):
+            bad(f"{key} as a list of numbers")
+    if isinstance(table["level"], bool) or not isinstance(table["level"], (int, float)):
+        bad("level as a number")
     try:
         edges = np.asarray(table["edges"], dtype=np.float64).reshape(-1)
         n = np.asarray(table["n"], dtype=np.float64)
@@ -132,6 +142,12 @@ def _check_reliability(table, where):
         bad("bounds with 0 <= lower <= upper <= 1")
     if not 0 < level < 1:
         bad("level in (0, 1)")
+    filled = n > 0
+    rate = np.divide(correct, n, out=np.zeros_like(lower), where=filled)
+    if np.any(filled & ((rate < lower) | (rate > upper))):
+        bad("bounds around each bin's accuracy (lower <= correct / n <= upper)")
+    if np.any(~filled & ((lower != 0) | (upper != 1))):
+        bad("bounds [0, 1] for an empty bin")
     return {"edges": edges, "n": n.astype(np.int64), "correct": correct.astype(np.int64), "lower": lower,
             "upper": upper, "level": level}
 
@@ -608,7 +624,16 @@ class FittedPipeline:
                 raise NotPortableError(f"Artifact {str(path)!r} holds {', '.join(bad)}, which needs its third-party "
                                        "package to predict: calib.runtime (numpy only) cannot serve it; load it with "
                                        "calib.deploy.FittedPipeline.load in an environment with that package.")
-        block = manifest.get("pipeline") or {}
+        block = manifest.get("pipeline")
+        if manifest.get("schema_version", 1) >= 2:
+            if "pipeline" not in manifest:
+                raise ArtifactError(f"Expected a 'pipeline' entry (a table or null) in the schema-2 manifest {mfile!r}, "
+                                    "got none.")
+            if block is not None and (not isinstance(block, dict)
+                                      or set(block) != {"input", "reliability", "probe", "provenance", "arrays"}):
+                raise ArtifactError(f"Expected pipeline in {mfile!r} as a table of input, reliability, probe, provenance "
+                                    f"and arrays, got {sorted(block) if isinstance(block, dict) else block!r:.200}.")
+        block = block or {}
         inp = block.get("input") or {"kind": "logits", "n_classes": manifest.get("n_classes"), "dtype": "float32"}
         if not isinstance(inp, dict) or inp.get("kind") != "logits" or inp.get("n_classes") != manifest.get("n_classes") \
                 or inp.get("dtype") not in ("float16", "float32", "float64"):
@@ -620,7 +645,7 @@ class FittedPipeline:
         probe = None
         if block.get("probe"):
             names = block["probe"]
-            if not isinstance(names, list) or not set(names) <= {"logits", "fallback", "groups", "probs", "sets", "actions", "reasons"} \
+            if not isinstance(names, list) or not all(isinstance(k, str) for k in names) or not set(names) <= {"logits", "fallback", "groups", "probs", "sets", "actions", "reasons"} \
                     or set(parrays) != {f"probe_{k}" for k in names} or "logits" not in names:
                 raise ArtifactError(f"Expected pipeline.probe in {mfile!r} listing the stored probe arrays, got {names!r:.200}.")
             probe = {k: parrays[f"probe_{k}"] for k in names}

@@ -521,3 +521,59 @@ def test_constructor_refuses_a_string_of_class_names_and_an_unknown_dtype():
         FittedPipeline(ts, class_names="abcd")
     with pytest.raises(ValueError, match=r"input_dtype as one of \['float16', 'float32', 'float64'\], got 'int8'"):
         FittedPipeline(ts, input_dtype="int8")
+
+
+def test_every_edit_of_the_pipeline_block_is_refused_or_loads_cleanly(tmp_path):
+    """Each field of the manifest's pipeline block (and each of its list entries) replaced by null, a string, -1,
+    1e308, a list, a table, True, NaN or 0, or deleted, with the manifest digest recomputed (an edit, not an
+    accident): loading raises ArtifactError, or the pipeline loads and applies. Never another exception type.
+    Edits that stay valid (a lower band bound set to 0, the reliability table removed) are what signatures and
+    `calib verify` (which recomputes the bounds) are for."""
+    import copy
+    import shutil
+
+    from calib.conformal import SplitConformal as SC
+
+    d = synthetic(n=1500, n_classes=4, seed=0)
+    fb = d.labels % 4
+    pipe = FittedPipeline.fit(d.logits, d.labels, calibrator=TemperatureScaling(), conformal=SC(score="aps"),
+                              policy=ConformalRoutingPolicy(empty_set="answer_top", fallback="extras"), fallback=fb,
+                              class_names=list("abcd"))
+    base = pipe.save(tmp_path / "base")
+    m0 = json.loads((base / "manifest.json").read_text())
+
+    def paths(o, pre):
+        yield pre
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            yield from paths(v, (*pre, k))
+
+    def parent(m, p):
+        for k in p[:-1]:
+            m = m[k]
+        return m
+
+    values = [None, "x", -1, 1e308, [1], {}, True, float("nan"), 0]
+    cases = refused = 0
+    for p in list(paths(m0["pipeline"], ("pipeline",))):
+        for v in [*values, "<delete>"]:
+            m = copy.deepcopy(m0)
+            if v == "<delete>":
+                del parent(m, p)[p[-1]]
+            else:
+                parent(m, p)[p[-1]] = v
+            m["manifest_sha256"] = _manifest_digest(m)
+            art = tmp_path / f"case{cases}"
+            shutil.copytree(base, art)
+            (art / "manifest.json").write_text(json.dumps(m))
+            cases += 1
+            try:
+                loaded = calib.runtime.load(art)
+            except ArtifactError:
+                refused += 1
+            else:
+                out = loaded.apply(d.logits[:20], fallback=fb[:20])
+                assert out.explain(0)["message"]
+                loaded.verify()
+            shutil.rmtree(art)
+    assert cases > 500 and refused > 0.8 * cases, (cases, refused)
