@@ -24,7 +24,7 @@ serves concurrent requests. Outputs equal the library components' called on the 
 >>> out.actions.tolist()
 [0, 1, 1, 1]
 >>> out.explain(0)["message"]
-"Answered '0': max_prob 0.776 >= threshold 0.700. Calibration items this confident were right 76.5%-87.5% of the time (95% interval)."
+"Answered '0': calibrated confidence 0.776 is at or above the answer threshold 0.700. Calibration items this confident were right 76.5%-87.5% of the time (95% interval)."
 """
 
 from __future__ import annotations
@@ -252,6 +252,10 @@ class Decisions:
         cols["reason"] = np.asarray(REASONS)[self.reasons]
         return cols
 
+
+#: How a policy's confidence score reads in an explanation.
+_SCORE_WORDS = {"max_prob": "calibrated confidence", "margin": "margin between the top two classes",
+                "neg_entropy": "negative entropy"}
 
 _FIELDS = ("probs", "label", "confidence", "band_low", "band_high", "sets", "actions", "output", "reasons",
            "fallback")
@@ -552,14 +556,17 @@ class FittedPipeline:
         r = e["reason"]
         if r == "no_policy":
             return f"Answered {name!r}: {conf} (no routing policy).{band}"
+        score = _SCORE_WORDS.get(getattr(pol, "confidence", None), "")
         if r == "confident":
-            return f"Answered {name!r}: {pol.confidence} {self._score(probs):.3f} >= threshold {pol.threshold_:.3f}.{band}"
+            return (f"Answered {name!r}: {score} {self._score(probs):.3f} is at or above the answer threshold "
+                    f"{pol.threshold_:.3f}.{band}")
         if r == "low_confidence":
-            return (f"Escalated to a person: {pol.confidence} {self._score(probs):.3f} < threshold "
+            return (f"Escalated to a person: {score} {self._score(probs):.3f} is below the answer threshold "
                     f"{pol.threshold_:.3f} (the model says {name!r}).{band}")
         if r == "low_confidence_fallback":
-            return (f"Fallback label {fb!r}: {pol.confidence} {self._score(probs):.3f} < threshold {pol.threshold_:.3f}, "
-                    f"and the model gives the fallback's label probability >= {pol.fallback_threshold:.3f}.")
+            return (f"Fallback label {fb!r}: {score} {self._score(probs):.3f} is below the answer threshold "
+                    f"{pol.threshold_:.3f}, and the model gives the fallback's label probability >= "
+                    f"{pol.fallback_threshold:.3f}.")
         if r == "nothing_certified":
             return (f"Escalated to a person: risk control certified no threshold at target risk {pol.target_risk} "
                     f"(delta {pol.delta}), so every item is escalated (the model says {name!r}, {conf}).")
