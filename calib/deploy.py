@@ -61,6 +61,18 @@ def _registries():
 _PACKAGES = {"calibrator": "calib.calibrators", "conformal": "calib.conformal", "policy": "calib.policy"}
 
 
+def _check_chain(conformal, policy):
+    """A policy that routes on sets needs a conformal predictor with one alpha."""
+    if policy is None or not getattr(policy, "needs_sets", False):
+        return
+    if conformal is None:
+        raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on conformal "
+                         "prediction sets), got none.")
+    if isinstance(conformal.alpha, tuple):
+        raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes on "
+                         f"one prediction set per item), got alpha={list(conformal.alpha)}.")
+
+
 def _check_component(obj, name, *, fitted):
     """``obj`` must be an instance of a class in its package's REGISTRY (and fitted when ``fitted``)."""
     registry = _registries()[name]
@@ -278,12 +290,7 @@ class FittedPipeline:
         for name, obj in (("conformal", conformal), ("policy", policy)):
             if obj is not None and obj.n_classes_ != k:
                 raise ValueError(f"Expected the {name} fitted on {k} classes (as the calibrator), got {obj.n_classes_}.")
-        if policy is not None and policy.needs_sets and conformal is None:
-            raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on conformal "
-                             "prediction sets), got none.")
-        if policy is not None and policy.needs_sets and isinstance(conformal.alpha, tuple):
-            raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes on "
-                             f"one prediction set per item), got alpha={list(conformal.alpha)}.")
+        _check_chain(conformal, policy)
         if class_names is not None:
             if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__"):
                 raise TypeError(f"Expected class_names as a sequence of {k} strings, got {type(class_names).__name__} "
@@ -298,7 +305,7 @@ class FittedPipeline:
             raise ValueError(f"Expected input_dtype as one of ['float16', 'float32', 'float64'], got {input_dtype!r:.60}.")
         self.input_dtype = str(input_dtype)
         self.reliability = None if reliability is None else _check_reliability(reliability, "FittedPipeline")
-        self.probe = probe  # {"logits", "probs", "label", "sets", "actions"} or None
+        self.probe = probe  # {"logits", "fallback", "groups", "probs", "sets", "actions", "reasons"} or None
         self.provenance = dict(provenance or {})
 
     # --- construction -------------------------------------------------------------------------------
@@ -308,22 +315,14 @@ class FittedPipeline:
         """Fit ``calibrator`` on calibration logits and labels, then ``conformal`` and ``policy`` on the calibrated
         probabilities (``groups`` for a group-conditional predictor, ``fallback`` per-item labels for the
         policy), and build the reliability table (``n_bins`` equal-mass bins) and the probe outputs."""
-        from calib._validation import check_logits_labels
-
-        from calib._validation import check_positive_int
+        from calib._validation import check_logits_labels, check_positive_int
 
         n_bins = check_positive_int(n_bins, "n_bins")
         _check_component(calibrator, "calibrator", fitted=False)
         for name, obj in (("conformal", conformal), ("policy", policy)):
             if obj is not None:
                 _check_component(obj, name, fitted=False)
-        if policy is not None and getattr(policy, "needs_sets", False):
-            if conformal is None:
-                raise ValueError(f"Expected a conformal predictor with policy {policy.kind!r} (it routes on conformal "
-                                 "prediction sets), got none.")
-            if isinstance(conformal.alpha, tuple):
-                raise ValueError(f"Expected a conformal predictor with one alpha for policy {policy.kind!r} (it routes "
-                                 f"on one prediction set per item), got alpha={list(conformal.alpha)}.")
+        _check_chain(conformal, policy)
         x, y = check_logits_labels(logits, labels)
         if class_names is not None and (isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__")
                                         or len(class_names) != x.shape[1]):
@@ -348,9 +347,14 @@ class FittedPipeline:
     def from_parts(cls, calibrator, conformal=None, policy=None, *, cal_probs=None, cal_labels=None, **kwargs):
         """A pipeline of already fitted components; with the calibration probabilities and labels, the
         reliability table too (what :func:`calib.evaluation.pipeline.fit_and_evaluate` uses)."""
+        if (cal_probs is None) != (cal_labels is None):
+            raise ValueError("Expected cal_probs and cal_labels together (the reliability table needs both), got "
+                             f"{'cal_probs' if cal_labels is None else 'cal_labels'} alone.")
         if cal_probs is not None:
-            p = np.asarray(cal_probs)
-            kwargs.setdefault("reliability", reliability_table(p.max(axis=1), p.argmax(axis=1) == np.asarray(cal_labels)))
+            from calib._validation import check_probs_labels
+
+            p, y = check_probs_labels(cal_probs, cal_labels)
+            kwargs.setdefault("reliability", reliability_table(p.max(axis=1), p.argmax(axis=1) == y))
         pipe = cls(calibrator, conformal, policy, **kwargs)
         if pipe.probe is None:
             pipe.probe = pipe._probe_outputs()

@@ -577,3 +577,14 @@ def test_every_edit_of_the_pipeline_block_is_refused_or_loads_cleanly(tmp_path):
                 loaded.verify()
             shutil.rmtree(art)
     assert cases > 500 and refused > 0.8 * cases, (cases, refused)
+
+
+def test_from_parts_needs_probabilities_and_labels_together():
+    d = synthetic(n=400, n_classes=4, seed=1)
+    ts = TemperatureScaling().fit(d.logits, d.labels)
+    p = ts.predict_proba(d.logits)
+    with pytest.raises(ValueError, match="cal_probs and cal_labels together .* got cal_probs alone"):
+        FittedPipeline.from_parts(ts, cal_probs=p)
+    with pytest.raises(ValueError, match="labels of length 400"):
+        FittedPipeline.from_parts(ts, cal_probs=p, cal_labels=d.labels[:10])
+    assert FittedPipeline.from_parts(ts, cal_probs=p, cal_labels=d.labels).reliability is not None
