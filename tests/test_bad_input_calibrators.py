@@ -421,8 +421,10 @@ def test_temperature_refuses_a_row_whose_range_overflows_float32():
 EXTREME = [
     ("temperature", FitError, "overflows float32"),
     ("ensemble_temperature", FitError, "overflows float32"),
-    ("vector_scaling", FitError, "LBFGS to reach the optimum.*logits as large as 3e\\+38"),
-    ("matrix_scaling", FitError, "LBFGS to reach the optimum.*logits as large as 3e\\+38"),
+    ("vector_scaling", FitError, "Newton fit to reach the optimum.*logits as large as 3e\\+38"),
+    ("matrix_scaling", FitError, "Newton fit to reach the optimum.*logits as large as 3e\\+38"),
+    ("vector_scaling_lbfgs", FitError, "LBFGS fit to reach the optimum.*logits as large as 3e\\+38"),
+    ("matrix_scaling_lbfgs", FitError, "LBFGS fit to reach the optimum.*logits as large as 3e\\+38"),
     ("platt", FitError, "PlattScaling fit to reach the optimum.*logits as large as"),
     ("beta", FitError, "BetaCalibration fit to reach the optimum.*logits as large as"),
 ]
@@ -436,15 +438,22 @@ def test_extreme_finite_logits_raise_fit_error(name, exc, match, data):
     y = y.copy()
     y[5] = 1  # the row's label has probability 0: the fit cannot ignore it
     with pytest.raises(exc, match=match):
-        _make(name).fit(x, y)
+        if name.endswith("_lbfgs"):
+            _make(name[:-6], solver="lbfgs").fit(x, y)
+        else:
+            _make(name).fit(x, y)
 
 
-def test_float64_logits_near_float64_limit_raise_fit_error(data):
+@pytest.mark.parametrize("solver,loss", [("newton", "[0-9.e+]+"), ("lbfgs", "nan")])
+def test_float64_logits_near_float64_limit_raise_fit_error(data, solver, loss):
+    """Newton's Hessian (x^2 = 1e600) and LBFGS's scaling overflow at the start: a FitError, not the start."""
     x, y, _ = data["multi"]
     x = x.astype(np.float64)
     x[5, :2] = [1e300, -1e300]
-    with pytest.raises(FitError, match="finite objective and gradient in the LBFGS fit, got loss nan at the start"):
-        REGISTRY["matrix_scaling"]().fit(x, y)
+    name = "Newton" if solver == "newton" else "LBFGS"
+    with pytest.raises(FitError, match=f"finite objective and derivatives in the {name} fit, got loss {loss} at the "
+                                       "start"):
+        REGISTRY["matrix_scaling"](solver=solver).fit(x, y)
 
 
 @pytest.mark.parametrize("name", ["dirichlet", "isotonic", "histogram_binning", "identity"])
@@ -469,12 +478,13 @@ def test_temperature_iteration_limit_warns_and_does_not_return_the_start(data):
     assert info["converged"] is False and beta != 1.0  # one Halley step taken from the start beta = 1
 
 
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
 @pytest.mark.parametrize("name", ["vector_scaling", "matrix_scaling", "dirichlet"])
-def test_linear_iteration_limit_warns_with_the_gradient_left(name, data):
+def test_linear_iteration_limit_warns_with_the_gradient_left(name, solver, data):
     x, y, _ = data["multi"]
-    with pytest.warns(ConvergenceWarning, match=r"stopped at max_iter=1 .*largest scaled gradient entry [0-9.e-]+ "
-                                                r"\(tolerance 1e-07\)"):
-        cal = REGISTRY[name](max_iter=1).fit(x, y)
+    with pytest.warns(ConvergenceWarning, match=rf"The {solver} fit stopped at max_iter=1 .*largest scaled gradient "
+                                                r"entry [0-9.e-]+ \(tolerance 1e-07\)"):
+        cal = REGISTRY[name](max_iter=1, solver=solver).fit(x, y)
     assert cal.fit_info_["converged"] is False
     assert not np.array_equal(cal.weights_, np.eye(K))  # not the start (identity)
 

@@ -2,7 +2,8 @@
 
 ``p = softmax(W log softmax(z) + b)``; ``matrix="full"`` (with ODIR ``reg_lambda``/``reg_mu`` this is
 "Dir-ODIR") or ``matrix="diagonal"`` (k scales + k biases). Log-probabilities are floored at
-log(float64 eps) as in the authors' code. Fitted by LBFGS in torch (:mod:`calib.calibrators._linear`).
+log(float64 eps) as in the authors' code. Fitted by Newton's method in numpy (few classes) or
+LBFGS in torch (many classes, or a CUDA ``device``); see :mod:`calib.calibrators._linear`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ class DirichletCalibration(LinearCalibrator):
     kind = "dirichlet"
 
     def __init__(self, *, matrix="full", reg_lambda=0.0, reg_mu=0.0, cv_folds=None, cv_lambdas=None, cv_mus=None,
-                 cv_seed=15, max_iter=500):
+                 cv_seed=15, max_iter=500, solver="auto", device="cpu"):
         self.matrix = check_option(matrix, "matrix", ("full", "diagonal"))
         self._structure = matrix
         self._init_common(reg_lambda=reg_lambda, reg_mu=reg_mu, cv_folds=cv_folds, cv_lambdas=cv_lambdas,
-                          cv_mus=cv_mus, cv_seed=cv_seed, max_iter=max_iter)
+                          cv_mus=cv_mus, cv_seed=cv_seed, max_iter=max_iter, solver=solver, device=device)
 
     def _features(self, logits):
         return log_softmax(logits)

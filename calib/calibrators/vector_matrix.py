@@ -2,8 +2,8 @@
 
 Vector scaling: ``p = softmax(w * z + b)`` with a per-class scale ``w`` (k,) and bias ``b`` (k,).
 Matrix scaling: ``p = softmax(W z + b)`` with a full ``W`` (k, k); with ``reg_lambda`` / ``reg_mu`` it is
-"MS-ODIR" (off-diagonal and intercept regularisation). Both are fitted by LBFGS in torch from the
-identity map; see :mod:`calib.calibrators._linear`.
+"MS-ODIR" (off-diagonal and intercept regularisation). Both are fitted from the identity map by
+Newton's method (numpy; few classes) or LBFGS (torch; many classes or a GPU); see :mod:`calib.calibrators._linear`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ _DOC_PARAMS = """
     cv_seed : int, default 15
         Fold shuffling seed in [0, 2**32 - 1] (15 and 5 folds reproduce Kull et al.'s folds).
     max_iter : int, default 500
-        LBFGS iterations; a fit that stops there before meeting its tolerance warns
+        Solver iterations; a fit that stops there before meeting its tolerance warns
         :class:`calib.base.ConvergenceWarning`. A non-finite objective raises :class:`calib.base.FitError`.
+    solver : {"auto", "newton", "lbfgs"}, default "auto"
+        "newton": numpy, exact Hessian, the fast choice for few classes (k (k + 1) <= 600 parameters for a full
+        W, 2 k for a diagonal one); "lbfgs": torch, for many classes or a GPU; "auto" picks Newton up to that
+        size on the CPU. All reach the same optimum of a convex objective (to the solver tolerance).
+    device : str, default "cpu"
+        Where the torch LBFGS fit runs ("cpu", "cuda", "cuda:N"); the fitted state is numpy either way, so
+        prediction and artifacts do not depend on it. A CUDA device that torch cannot see raises at fit.
 """
 
 
@@ -59,9 +66,10 @@ class VectorScaling(LinearCalibrator):
     kind = "vector_scaling"
     _structure = "diagonal"
 
-    def __init__(self, *, reg_mu=0.0, cv_folds=None, cv_mus=None, cv_seed=15, max_iter=500):
+    def __init__(self, *, reg_mu=0.0, cv_folds=None, cv_mus=None, cv_seed=15, max_iter=500, solver="auto",
+                 device="cpu"):
         self._init_common(reg_lambda=0.0, reg_mu=reg_mu, cv_folds=cv_folds, cv_lambdas=None, cv_mus=cv_mus,
-                          cv_seed=cv_seed, max_iter=max_iter)
+                          cv_seed=cv_seed, max_iter=max_iter, solver=solver, device=device)
         del self.reg_lambda, self.cv_lambdas
 
     reg_lambda = 0.0
@@ -90,6 +98,6 @@ class MatrixScaling(LinearCalibrator):
     _structure = "full"
 
     def __init__(self, *, reg_lambda=0.0, reg_mu=0.0, cv_folds=None, cv_lambdas=None, cv_mus=None, cv_seed=15,
-                 max_iter=500):
+                 max_iter=500, solver="auto", device="cpu"):
         self._init_common(reg_lambda=reg_lambda, reg_mu=reg_mu, cv_folds=cv_folds, cv_lambdas=cv_lambdas,
-                          cv_mus=cv_mus, cv_seed=cv_seed, max_iter=max_iter)
+                          cv_mus=cv_mus, cv_seed=cv_seed, max_iter=max_iter, solver=solver, device=device)
