@@ -259,9 +259,10 @@ def _fit_newton(features_in, labels, structure, reg_lambda, reg_mu, max_iter, to
         # passes, whose reductions over classes then run across contiguous rows (numpy reduces a short trailing
         # axis ~5x slower). ``xT2`` holds the squared features, for the Hessian's diagonal.
         chunks = []
-        for s, t in spans:
-            xT = np.ascontiguousarray(x[s:t].T)
-            chunks.append((x[s:t], xT, xT * xT, y[s:t], np.arange(t - s)))
+        with np.errstate(over="ignore"):  # an inf square is caught by the finiteness check of the start
+            for s, t in spans:
+                xT = np.ascontiguousarray(x[s:t].T)
+                chunks.append((x[s:t], xT, xT * xT, y[s:t], np.arange(t - s)))
         if cache is not None:
             cache.clear()
             cache.update(features=features_in, labels=labels, x=x, chunks=chunks)
