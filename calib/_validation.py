@@ -122,13 +122,17 @@ def check_probs(probs, name="probs", *, n_classes=None, atol=1e-4, return_argmax
     row_sums = np.empty(n, dtype=p.dtype)
     argmax = np.empty(n, dtype=np.int64) if return_argmax else None
 
+    minimum = np.minimum.reduce  # == block.min(), without its Python wrapper (called once per chunk)
+
     def scan(span):  # one worker's contiguous rows, a cache-sized chunk at a time
         lo = np.inf
         for start in range(span[0], span[1], rows):
             stop = min(start + rows, span[1])
             block = p[start:stop]
             np.einsum("ij->i", block, out=row_sums[start:stop])  # SIMD reduction
-            lo = min(lo, block.min())
+            low = minimum(block, axis=None)
+            if low < lo:  # == lo = min(lo, low): a NaN minimum is skipped (the row sums report it)
+                lo = low
             if return_argmax:
                 argmax[start:stop] = block.argmax(axis=1)
             if on_chunk is not None:

@@ -242,8 +242,12 @@ class ConformalBase(Component):
         """[(alpha, empty rate, full rate)] of the sets ``{j : s_j <= t}`` of the rows ``p`` (one threshold per
         alpha, shared by the rows) before ``never_empty``, on at most :data:`SET_SIZE_CHECK_ROWS` evenly spaced
         rows (the check then costs a bounded share of a large fit)."""
-        step = -(-p.shape[0] // SET_SIZE_CHECK_ROWS)
+        step = _set_size_step(p.shape[0])
         lo, hi = self.scorer.extremes(p[::step], None if u is None else u[::step])
+        return self._rates_of(lo, hi, thresholds)
+
+    def _rates_of(self, lo, hi, thresholds):
+        """[(alpha, empty rate, full rate)] from the rows' extreme scores ``lo`` (top class), ``hi`` (bottom)."""
         return [(a, float(np.mean(lo > t)), float(np.mean(hi <= t))) for a, t in zip(self.alphas, thresholds)]
 
     def label_scores(self, probs, labels, u=None):
@@ -475,6 +479,10 @@ class SplitConformal(ConformalBase):
 
     def fit(self, probs, labels, groups=None):
         """Compute ``qhat_`` from calibration probabilities (n, k) and labels (n,); ``groups`` is ignored."""
+        if type(self._score) is _scores.LAC and not self.tune:
+            fused = _lac_fit_pass(probs, labels)
+            if fused is not None:
+                return self._fit_lac(*fused)
         p, y = self._check_fit_inputs(probs, labels)
         self._reset()
         score = self._score
@@ -498,6 +506,34 @@ class SplitConformal(ConformalBase):
         self.n_calibration_ = int(p.shape[0])
         self.n_classes_ = int(p.shape[1])
         self._warn_set_sizes(self._set_size_rates(p, u, self.thresholds_))
+        return self
+
+    def _fit_lac(self, p, y, p_true, top):
+        """The end of a LAC fit from :func:`_lac_fit_pass`: the same thresholds, state and warnings as the
+        plain path (scores ``1 - p_y`` in float64; extremes ``1 - max p`` and ``1 - min p`` of the rows
+        ``p[::step]``), without a second read of ``p``.
+
+        The row minima (``1 - min p``: a set of all classes) are read, from the rows ``p[::step]`` only, when
+        some cut-off ``v`` (``p >= v`` iff ``1 - p <= qhat``) is at most ``2 / k``. Above it no row can hold
+        every class: a validated row's entries are >= 0 and sum exactly (in real numbers) to less than 2
+        (its float sum is within ``1e-4 + k eps`` of 1 and within ``k eps`` relative of the exact sum, and
+        ``k eps < 1/4``), so its minimum is below ``2 / k < v``; the full-set rate is then 0 on every row."""
+        self._reset()
+        key = self._draw_key(p, y)  # None: LAC is never randomised
+        s = 1.0 - p_true.astype(np.float64)  # == LAC.label_scores(p, y)
+        self.thresholds_ = np.asarray(conformal_quantile(s, list(self.alphas), allow_infinite=self.allow_infinite),
+                                      dtype=np.float64)
+        self.score_ = self._score
+        self.draw_key_ = key
+        self.n_calibration_ = int(p.shape[0])
+        self.n_classes_ = k = int(p.shape[1])
+        lo = 1.0 - top.astype(np.float64)  # == LAC.extremes(p[::step])[0]
+        v = np.asarray(_scores.LAC.prob_thresholds(self.thresholds_, p.dtype), dtype=np.float64)
+        if k * float(np.finfo(p.dtype).eps) < 0.25 and bool(np.all(v > 2.0 / k)):
+            hi = np.full(lo.shape, np.inf)  # no full sets (see above): ``hi <= t`` is False for these finite t
+        else:
+            hi = 1.0 - np.minimum.reduce(p[::_set_size_step(p.shape[0])], axis=1).astype(np.float64)
+        self._warn_set_sizes(self._rates_of(lo, hi, self.thresholds_))
         return self
 
     def _check_raps_state(self, k_reg, lam):
@@ -551,12 +587,60 @@ class SplitConformal(ConformalBase):
         t = _scores.LAC.prob_thresholds(self.thresholds_, p.dtype)
         out = np.empty((p.shape[0], p.shape[1], t.size), dtype=bool)
 
+        planes = [(t[j], out[:, :, j]) for j in range(t.size)]  # one 2-D comparison per alpha
+        greater_equal = np.greater_equal
+
         def compare(start, block):
-            for j in range(t.size):  # one 2-D comparison per alpha
-                np.greater_equal(block, t[j], out=out[start:start + block.shape[0], :, j])
+            stop = start + block.shape[0]
+            for v, plane in planes:
+                greater_equal(block, v, out=plane[start:stop])
 
         check_probs(p, "probs", n_classes=self.n_classes_, on_chunk=compare)
         return self._fill_empty(p, out)
+
+
+def _set_size_step(n):
+    """Every ``step``-th calibration row is in the set-size check (at most :data:`SET_SIZE_CHECK_ROWS` rows)."""
+    return -(-n // SET_SIZE_CHECK_ROWS)
+
+
+def _lac_fit_pass(probs, labels):
+    """The checks of a LAC fit and its reads of ``probs`` fused into one chunked pass (the array is read once,
+    each chunk while it is in cache): ``check_probs`` with, per chunk, the probability of each row's label
+    and the max of the rows of the set-size check. Returns ``(p, y, p_true, top)``, or None
+    when the inputs are not a 2-D float32/float64 array with valid labels: the plain path then runs the
+    same checks in today's order (probs first) and raises today's errors."""
+    p = as_array(probs, "probs")
+    if p.ndim != 2 or p.dtype not in (np.float32, np.float64) or p.shape[0] == 0 or p.shape[1] < 2:
+        return None
+    n, k = p.shape
+    try:
+        y = check_labels(labels, "labels", n_samples=n, n_classes=k)
+    except (TypeError, ValueError):
+        return None
+    step = _set_size_step(n)
+    p_true = np.empty(n, dtype=p.dtype)
+    top = np.empty(-(-n // step), dtype=p.dtype)
+
+    # the label's entry of row i is entry i * k + y[i] of the flattened rows (a view when p is C-contiguous)
+    flat = p.reshape(-1) if p.flags.c_contiguous else None
+    index = np.arange(0, n * k, k, dtype=np.int64) + y if flat is not None else None
+    maximum = np.maximum.reduce
+
+    def gather(start, block):  # writes rows start:start + len(block) only (may run on worker threads)
+        stop = start + block.shape[0]
+        if flat is not None:  # the chunk is in cache: these reads hit it
+            flat.take(index[start:stop], out=p_true[start:stop])
+        else:
+            p_true[start:stop] = block[np.arange(block.shape[0]), y[start:stop]]
+        first = -start % step  # the first row of this chunk in p[::step]
+        if first < block.shape[0]:
+            sub = block[first::step]
+            i = (start + first) // step
+            maximum(sub, axis=1, out=top[i:i + sub.shape[0]])
+
+    p = check_probs(p, "probs", on_chunk=gather)
+    return p, y, p_true, top
 
 
 def check_row_offset(value):
