@@ -300,7 +300,11 @@ def _fit_newton(features_in, labels, structure, reg_lambda, reg_mu, max_iter, to
                     G[:, 1] += P.sum(axis=1)
                     hd[:, 0] += (q * xT2).sum(axis=1)
                     hd[:, 1] += q.sum(axis=1)
-            return f / n + 0.5 * float((R * th * th).sum()), G / n + R * th, hd / n + R
+            last[:] = [th, f / n, G / n, hd / n]  # the NLL's parts at th: the next fit of a path starts from them
+            return penalised(th, f / n, G / n, hd / n)
+
+    def penalised(th, f, G, hd):
+        return f + 0.5 * float((R * th * th).sum()), G + R * th, hd + R
 
     def hessian(th):
         """sum_i (diag(p_i) - p_i p_i^T) (x) F_i F_i^T / n + penalty: blocks p_a F F^T on the diagonal minus
@@ -332,7 +336,15 @@ def _fit_newton(features_in, labels, structure, reg_lambda, reg_mu, max_iter, to
     def finite(*arrays):
         return all(np.isfinite(a).all() for a in arrays)
 
-    f, G, hd = value_grad(theta)
+    last = [None, None, None, None]
+    prev = cache.get("last") if cache is not None else None
+    if prev is not None and prev[0].shape == theta.shape and np.array_equal(prev[0], theta):
+        # warm-started at the previous fit's optimum: its NLL value, gradient and Hessian diagonal hold here;
+        # only the penalty changed (a fit already optimal for the new penalty costs no pass over the data)
+        f, G, hd = penalised(theta, *prev[1:])
+        last[:] = prev
+    else:
+        f, G, hd = value_grad(theta)
     if not (math.isfinite(f) and finite(G, hd)):
         raise _non_finite_fit(features_in, "at the start (identity map)" if init is None else "at the start", f,
                               "Newton")
@@ -373,12 +385,14 @@ def _fit_newton(features_in, labels, structure, reg_lambda, reg_mu, max_iter, to
         t = 1.0
         while True:
             cand = theta - t * step
+            kept = list(last)
             fc, Gc, hc = value_grad(cand)
             # below ~1e-13 the predicted decrease is under the objective's rounding (sums of ~n terms), so
             # Armijo cannot judge the step; in that quadratic regime the full Newton step is the right one
             if (fc <= f - 1e-4 * t * dec or (dec < 1e-13 and t == 1.0)) and math.isfinite(fc) and finite(Gc, hc):
                 theta, f, G, hd = cand, fc, Gc, hc
                 break
+            last[:] = kept  # a rejected candidate: the NLL's parts stay those of theta
             t *= 0.5
             if t < 1e-10:
                 stalled = True
@@ -395,7 +409,7 @@ def _fit_newton(features_in, labels, structure, reg_lambda, reg_mu, max_iter, to
             raise _stalled(features_in, "Newton", n_iter, gmax, tol)
         converged = True  # no step decreases the objective at float64 resolution: the optimum, numerically
     if cache is not None:
-        cache["shape"], cache["H"] = (n, k, m, full), H_nll
+        cache["shape"], cache["H"], cache["last"] = (n, k, m, full), H_nll, last
     W, b = theta[:, :-1], theta[:, -1].copy()
     W = np.ascontiguousarray(W) if full else np.diag(W[:, 0])
     return W, b, {"loss": f, "n_iter": n_iter, "converged": converged, "grad_max": gmax}
