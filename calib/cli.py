@@ -484,25 +484,33 @@ NPZ_ARRAYS = ("probs", "label", "confidence", "band_low", "band_high", "sets", "
 
 
 class _NpzWriter:
-    """Each array goes to its own memory-mapped ``.npy`` in the staging folder, chunk by chunk; ``close``
-    streams them into one zip (uncompressed, as :func:`numpy.savez`): memory bounded by a chunk."""
+    """Each array goes to its own ``.npy`` in the staging folder, written chunk by chunk with plain file writes (the
+    chunks come in row order); ``close`` streams them into one zip (uncompressed, as :func:`numpy.savez`): memory
+    bounded by a chunk. (Not a writable memory map: its dirty pages count in the resident set until written
+    back, so a 4 GB output would show a 4 GB peak.)"""
 
     def __init__(self, path, n):
         self.path, self.n = path, n
         self.dir = path.parent
-        self.maps = None
+        self.files = None
+        self.rows = 0
 
     def write(self, start, d):
-        if self.maps is None:
-            self.maps = {}
+        if self.files is None:
+            self.files = {}
             for name in NPZ_ARRAYS:
                 a = getattr(d, name)
                 if a is None:
                     continue
-                self.maps[name] = np.lib.format.open_memmap(self.dir / f"part-{name}.npy", mode="w+", dtype=a.dtype,
-                                                            shape=(self.n, *a.shape[1:]))
-        for name, m in self.maps.items():
-            m[start:start + len(d)] = getattr(d, name)
+                fh = open(self.dir / f"part-{name}.npy", "wb")
+                self.files[name] = fh
+                np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(a.dtype),
+                                                          "fortran_order": False, "shape": (self.n, *a.shape[1:])})
+        if start != self.rows:
+            raise ValueError(f"Expected the chunk at row {self.rows} (chunks in row order), got one at row {start}.")
+        for name, fh in self.files.items():
+            fh.write(memoryview(np.ascontiguousarray(getattr(d, name))).cast("B"))
+        self.rows += len(d)
 
     def close(self, pipe):
         import io
@@ -510,10 +518,12 @@ class _NpzWriter:
 
         from calib.policy.routing import ACTIONS, REASONS
 
-        names = list(self.maps or {})
-        for m in (self.maps or {}).values():
-            m.flush()
-        self.maps = None
+        names = list(self.files or {})
+        for fh in (self.files or {}).values():
+            fh.close()
+        self.files = None
+        if self.rows != self.n:
+            raise ValueError(f"Expected {self.n} rows written, got {self.rows}.")
         small = {"reason_names": np.array(REASONS), "action_names": np.array(ACTIONS),
                  "class_names": np.array(pipe.class_names_or_indices())}
         with zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -528,7 +538,10 @@ class _NpzWriter:
             os.fsync(fh.fileno())
 
     def abort(self):
-        self.maps = None
+        for fh in (self.files or {}).values():
+            with contextlib.suppress(Exception):
+                fh.close()
+        self.files = None
 
 
 class _Staging:

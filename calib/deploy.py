@@ -465,7 +465,9 @@ class FittedPipeline:
 
     def iter_apply(self, logits, *, groups=None, fallback=None, chunk_rows=None):
         """``(start_row, Decisions)`` for consecutive row chunks of ``logits`` (e.g. a memory-mapped ``.npy``):
-        memory bounded by the chunk. The concatenated decisions equal :meth:`apply` on the whole array."""
+        memory bounded by the chunk. The concatenated decisions equal :meth:`apply` on the whole array. A
+        memory-mapped ``.npy`` (:func:`calib.io.is_mapped`, float16 too) is read chunk by chunk with positioned
+        reads (:func:`calib.io.iter_row_chunks`), each chunk upcast on its own."""
         x = self._check_shape_only(logits)
         n = x.shape[0]
         groups = self._check_rows(groups, "groups", n)
@@ -476,6 +478,15 @@ class FittedPipeline:
             raise ValueError(f"Expected chunk_rows as a positive integer, got {chunk_rows!r}.")
         if n == 0:
             raise ValueError(f"Expected logits with at least one row, got shape {tuple(x.shape)}.")
+        from calib.io import is_mapped, iter_row_chunks
+
+        if is_mapped(x):  # a memory-mapped .npy: positioned reads, so the resident set stays one chunk
+            for start, block in iter_row_chunks(x, int(chunk_rows)):
+                rows = slice(start, start + block.shape[0])
+                yield start, self._apply_rows(self._check_chunk(block, start),
+                                              None if groups is None else groups[rows],
+                                              None if fallback is None else fallback[rows], start)
+            return
         for start in range(0, n, int(chunk_rows)):
             rows = slice(start, min(n, start + int(chunk_rows)))
             yield start, self._apply_rows(self._check_chunk(x[rows], start), None if groups is None else groups[rows],

@@ -6,7 +6,10 @@ policies) and ``class_names`` (k,). Supported formats:
 
 * ``.npz`` with those keys (read with ``allow_pickle=False``);
 * ``.npy`` holding the logits, with the labels in a second ``.npy`` (``labels_path``; by default a file
-  named ``labels.npy`` next to it);
+  named ``labels.npy`` next to it) or in a small ``.npz`` named by ``labels_path`` (with any of ``split``,
+  ``groups``, ``fallback``), and the split in ``split.npy`` next to it when that file exists (or
+  ``split_path``). With ``mmap=True`` the logits stay on disk (float16, float32 or float64; finiteness is
+  checked chunk by chunk by :func:`iter_row_chunks`, which the out-of-core pipeline reads them with);
 * ``.pt`` / ``.pth``: a dict of tensors, read with ``torch.load(..., weights_only=True)``;
 * ``.csv``: a header row, a ``label`` column and k logit columns (other columns named ``split``,
   ``group`` or ``fallback`` are used as such); blank lines are ignored.
@@ -45,7 +48,8 @@ import numpy as np
 
 from calib._validation import as_array, check_fraction, check_labels, check_logits
 
-__all__ = ["LogitsData", "LogitsWriter", "load_logits", "stratified_split", "SUPPORTED_EXTENSIONS", "PER_ROW_KEYS"]
+__all__ = ["LogitsData", "LogitsWriter", "load_logits", "stratified_split", "iter_row_chunks", "is_mapped",
+           "SUPPORTED_EXTENSIONS", "PER_ROW_KEYS", "MAPPED_DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ class LogitsData:
     extras: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        logits = check_logits(self.logits, "logits")
+        logits = _check_mapped(self.logits) if is_mapped(self.logits) else check_logits(self.logits, "logits")
         n, k = logits.shape
         labels = None if self.labels is None else check_labels(self.labels, "labels", n_samples=n, n_classes=k)
         object.__setattr__(self, "logits", logits)
@@ -166,6 +170,12 @@ class LogitsData:
         return self.logits.shape[0]
 
     @property
+    def is_mapped(self) -> bool:
+        """Whether :attr:`logits` is a memory-mapped ``.npy`` file read lazily (``load_logits(mmap=True)``): its
+        finiteness is then checked chunk by chunk by :func:`iter_row_chunks`, and its dtype (float16 too) kept."""
+        return is_mapped(self.logits)
+
+    @property
     def n_classes(self) -> int:
         return self.logits.shape[1]
 
@@ -189,6 +199,12 @@ class LogitsData:
         The file's own ``split`` is used when present, unless ``resplit`` is true; otherwise a seeded
         stratified split puts ``cal_fraction`` of each class into calibration.
         """
+        is_cal = self.calibration_mask(cal_fraction=cal_fraction, seed=seed, resplit=resplit)
+        return self.subset(is_cal), self.subset(~is_cal)
+
+    def calibration_mask(self, *, cal_fraction=0.5, seed=0, resplit=False):
+        """The boolean mask (n,) of calibration rows that :meth:`split_cal_test` uses (nothing is copied: the
+        streaming pipeline selects the rows chunk by chunk)."""
         if self.split is not None and not resplit:
             is_cal = self.split == 0
         else:
@@ -203,7 +219,90 @@ class LogitsData:
             raise ValueError("Expected a non-empty calibration split (split == 0), got 0 rows.")
         if n_cal == self.n_samples:
             raise ValueError("Expected a non-empty test split (split == 1), got 0 rows.")
-        return self.subset(is_cal), self.subset(~is_cal)
+        return is_cal
+
+
+# --- memory-mapped logits, read in row chunks -------------------------------------------------------------
+#: dtypes a memory-mapped logits file may hold; each chunk is upcast to float32 (float16) or kept (float32/64).
+#: numpy has no bfloat16: store bfloat16 logits as float16 or float32 (a .pt file of bfloat16 tensors is read
+#: whole and upcast exactly).
+MAPPED_DTYPES = ("float16", "float32", "float64")
+#: rows per chunk of :func:`iter_row_chunks` when none is given: about 8 MiB of float32 per chunk
+DEFAULT_CHUNK_BYTES = 8 << 20
+
+
+def is_mapped(x) -> bool:
+    """Whether ``x`` is a whole memory-mapped ``.npy`` array (what ``np.load(..., mmap_mode="r")`` returns), read
+    lazily by :func:`iter_row_chunks` with positioned reads of its file."""
+    import mmap
+
+    return (isinstance(x, np.memmap) and isinstance(x.base, mmap.mmap) and x.ndim == 2 and x.flags.c_contiguous
+            and getattr(x, "filename", None) is not None)
+
+
+def _check_mapped(x):
+    """Shape and dtype of memory-mapped logits (nothing is read: finiteness is checked chunk by chunk)."""
+    where = f" in {str(x.filename)!r}"
+    if x.shape[1] < 2:
+        raise ValueError(f"Expected logits with at least 2 classes (columns){where}, got shape {x.shape}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"Expected logits with at least one row{where}, got shape {x.shape}.")
+    if x.dtype.name not in MAPPED_DTYPES:
+        raise TypeError(f"Expected memory-mapped logits{where} as one of {list(MAPPED_DTYPES)} (numpy has no bfloat16: "
+                        f"store bfloat16 logits as float16 or float32), got dtype {x.dtype}.")
+    return x
+
+
+def chunk_rows_for(n_classes, chunk_rows=None):
+    """Rows per chunk: ``chunk_rows`` when given (an integer >= 1), else about :data:`DEFAULT_CHUNK_BYTES` of
+    float32."""
+    from calib._validation import check_positive_int
+
+    if chunk_rows is not None:
+        return check_positive_int(chunk_rows, "chunk_rows")
+    return max(1, DEFAULT_CHUNK_BYTES // (4 * int(n_classes)))
+
+
+def iter_row_chunks(logits, chunk_rows=None, *, start=0, stop=None):
+    """Yield ``(first_row, block)`` over rows ``start:stop`` of ``logits`` in chunks of ``chunk_rows`` rows.
+
+    ``block`` is a C-ordered float32 array (float16 is upcast exactly, chunk by chunk; float64 stays float64).
+    A memory-mapped file (:func:`is_mapped`) is read with positioned reads of its file, never through the
+    mapping: pages touched through a mapping count in the process's resident set until the kernel reclaims
+    them, so reading a 2 GB file that way shows a 2 GB peak RSS; a read into a chunk buffer keeps it at one
+    chunk. Each chunk of such a file is checked for NaN/inf; the error names the file and the first bad row.
+    Other arrays (already validated in memory) are sliced.
+    """
+    n, k = logits.shape
+    stop = n if stop is None else int(stop)
+    rows = chunk_rows_for(k, chunk_rows)
+    if not is_mapped(logits):
+        for a in range(int(start), stop, rows):
+            block = logits[a:min(a + rows, stop)]
+            yield a, np.ascontiguousarray(block, dtype=np.float32 if block.dtype != np.float64 else np.float64)
+        return
+    dtype = logits.dtype
+    row_bytes = k * dtype.itemsize
+    out_dtype = np.float64 if dtype == np.float64 else np.float32
+    buf = np.empty((min(rows, max(stop - int(start), 0)), k), dtype=dtype)
+    with open(logits.filename, "rb") as fh:
+        for a in range(int(start), stop, rows):
+            b = min(a + rows, stop)
+            view = buf[:b - a]
+            fh.seek(logits.offset + a * row_bytes)
+            got = fh.readinto(memoryview(view).cast("B"))
+            if got != (b - a) * row_bytes:
+                raise ValueError(f"Expected {b - a} rows of logits at row {a} of {str(logits.filename)!r}, got a "
+                                 f"truncated file ({got} of {(b - a) * row_bytes} bytes).")
+            block = view.astype(out_dtype) if dtype != out_dtype else view.copy()
+            if not np.isfinite(np.add.reduce(block, axis=1, dtype=np.float64)).all():
+                bad = ~np.isfinite(block)
+                rows_bad = np.flatnonzero(bad.any(axis=1))
+                if rows_bad.size:
+                    raise ValueError(
+                        f"Expected finite logits in {str(logits.filename)!r}, got NaN/inf in row {a + int(rows_bad[0])} "
+                        f"({int(bad.sum())} entries in rows {a}-{b - 1}; first rows: {(a + rows_bad[:5]).tolist()}).")
+            yield a, block
 
 
 def stratified_split(labels, *, cal_fraction=0.5, seed=0):
@@ -237,7 +336,7 @@ def _check_file(path, what):
         raise FileNotFoundError(f"Expected {what} at {str(path)!r}, got no such file.")
 
 
-def load_logits(path, *, mmap=False, labels_path=None, require_labels=True) -> LogitsData:
+def load_logits(path, *, mmap=False, labels_path=None, require_labels=True, split_path=None) -> LogitsData:
     """Read a logits file (see the module docstring for formats) into a :class:`LogitsData`.
 
     Parameters
@@ -249,7 +348,11 @@ def load_logits(path, *, mmap=False, labels_path=None, require_labels=True) -> L
         says so).
     labels_path : str or Path, optional
         Labels ``.npy`` for a ``.npy`` logits file (default: ``labels.npy`` beside it); refused for
-        other formats, which hold their labels.
+        other formats, which hold their labels. A small ``.npz`` here holds the per-row arrays of the
+        ``.npy`` logits: ``labels`` and any of ``split``, ``groups``, ``fallback`` (and ``class_names``).
+    split_path : str or Path, optional
+        The calibration/test ``split`` (0/1 per row) of a ``.npy`` logits file (default: ``split.npy``
+        beside it when that file exists, as :class:`LogitsWriter` writes it); refused for other formats.
     require_labels : bool, default True
         With False, a file without labels is read with ``labels=None`` (for applying a fitted pipeline):
         no ``labels`` key, no ``labels.npy`` beside a ``.npy`` (an explicit ``labels_path`` must still
@@ -280,6 +383,11 @@ def load_logits(path, *, mmap=False, labels_path=None, require_labels=True) -> L
             f"valid options: {list(SUPPORTED_EXTENSIONS)}."
         )
     _check_file(path, "a logits file")
+    if split_path is not None and not isinstance(split_path, (str, os.PathLike)):
+        raise TypeError(f"Expected split_path as a str or os.PathLike, got {type(split_path).__name__} {split_path!r}.")
+    if split_path is not None and suffix != ".npy":
+        raise ValueError(f"Expected split_path only with .npy logits, got split_path={str(split_path)!r} for "
+                         f"{str(path)!r} ({suffix} files hold their own split).")
     if labels_path is not None and suffix != ".npy":
         raise ValueError(
             f"Expected labels_path only with .npy logits, got labels_path={str(labels_path)!r} for {str(path)!r} "
@@ -290,7 +398,8 @@ def load_logits(path, *, mmap=False, labels_path=None, require_labels=True) -> L
     if suffix == ".npz":
         arrays = _read_npz(path)
     elif suffix == ".npy":
-        arrays = _read_npy(path, labels_path=labels_path, mmap=mmap, require_labels=require_labels)
+        arrays = _read_npy(path, labels_path=labels_path, mmap=mmap, require_labels=require_labels,
+                           split_path=split_path)
     elif suffix in (".pt", ".pth"):
         arrays = _read_torch(path)
     else:
@@ -435,19 +544,87 @@ def _load_npy(path, *, mmap, what):
         raise _corrupt("a complete .npy array at", path, err) from err
 
 
-def _read_npy(path, *, labels_path, mmap, require_labels=True):
+_SIDE_KEYS = ("labels", "split", "groups", "fallback", "class_names")
+
+
+def _side_rows(a, key, n, side, logits_path):
+    """A per-row side array of a .npy logits file: one entry per row, labels and fallback in range (the error
+    names the side file and the first bad row)."""
+    if np.ndim(a) < 1 or np.shape(a)[0] != n or (key != "groups" and np.ndim(a) != 1):
+        raise ValueError(f"Expected {key} in {str(side)!r} with {n} entries (one per row of the logits "
+                         f"{str(logits_path)!r}), got shape {np.shape(a)}.")
+    return a
+
+
+def _check_side_labels(a, key, k, side):
+    a = np.asarray(a)
+    if a.dtype.kind in "iuf" and a.size:
+        with np.errstate(invalid="ignore"):
+            bad = ~((a >= 0) & (a < k) & (a == np.round(a)) if a.dtype.kind == "f" else (a >= 0) & (a < k))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"Expected {key} in [0, {k - 1}] ({k} classes) in {str(side)!r}, got {_num(a[row])} "
+                             f"at row {row} ({int(bad.sum())} such rows).")
+    return a
+
+
+def _read_npy(path, *, labels_path, mmap, require_labels=True, split_path=None):
     logits = _load_npy(path, mmap=mmap, what="logits")
-    if labels_path is None and not require_labels and not path.with_name("labels.npy").exists():
-        return {"logits": logits}
-    labels_path = Path(labels_path) if labels_path is not None else path.with_name("labels.npy")
-    if labels_path.is_dir():
-        raise FileNotFoundError(f"Expected labels for {str(path)!r} in the file {str(labels_path)!r}, got a directory.")
-    if not labels_path.is_file():
-        raise FileNotFoundError(
-            f"Expected labels for {str(path)!r} in {str(labels_path)!r} (pass labels_path=...), file not found."
-        )
-    labels = _load_npy(labels_path, mmap=False, what="labels")
-    return {"logits": logits, "labels": labels}
+    n = np.shape(logits)[0] if np.ndim(logits) >= 1 else 0
+    k = np.shape(logits)[1] if np.ndim(logits) == 2 else None
+    out = {"logits": logits}
+    if labels_path is not None and Path(labels_path).suffix.lower() == ".npz":
+        side = Path(labels_path)
+        _check_file(side, f"the labels .npz of {str(path)!r}")
+        arrays = _read_npz(side)
+        unknown = sorted(set(arrays) - set(_SIDE_KEYS))
+        if unknown:
+            raise ValueError(f"Expected only {list(_SIDE_KEYS)} in the side file {str(side)!r} of {str(path)!r}, got "
+                             f"{unknown}.")
+        if "labels" not in arrays and require_labels:
+            raise ValueError(f"Expected a 'labels' array in {str(side)!r} (labels of {str(path)!r}), got keys "
+                             f"{sorted(arrays)}.")
+        for key, a in arrays.items():
+            if key != "class_names":
+                _side_rows(a, key, n, side, path)
+            if key in ("labels", "fallback") and k is not None:
+                _check_side_labels(a, key, k, side)
+            out[key] = a
+        side_split = "split" in arrays
+    else:
+        side_split = False
+        if labels_path is None and not require_labels and not path.with_name("labels.npy").exists():
+            pass
+        else:
+            labels_path = Path(labels_path) if labels_path is not None else path.with_name("labels.npy")
+            if labels_path.is_dir():
+                raise FileNotFoundError(f"Expected labels for {str(path)!r} in the file {str(labels_path)!r}, got a "
+                                        "directory.")
+            if not labels_path.is_file():
+                raise FileNotFoundError(
+                    f"Expected labels for {str(path)!r} in {str(labels_path)!r} (pass labels_path=...), file not found."
+                )
+            labels = _load_npy(labels_path, mmap=False, what="labels")
+            if mmap:  # a file too large to read whole: say which side file is wrong, and where
+                _side_rows(labels, "labels", n, labels_path, path)
+                if k is not None:
+                    _check_side_labels(labels, "labels", k, labels_path)
+            out["labels"] = labels
+    if split_path is not None or (not side_split and path.with_name("split.npy").is_file()):
+        if side_split:
+            raise ValueError(f"Expected the split of {str(path)!r} in one place, got split_path={str(split_path)!r} and "
+                             f"a 'split' array in {str(labels_path)!r}.")
+        sp = Path(split_path) if split_path is not None else path.with_name("split.npy")
+        _check_file(sp, f"the split of {str(path)!r}")
+        split = _load_npy(sp, mmap=False, what="split")
+        _side_rows(split, "split", n, sp, path)
+        if split.dtype.kind in "biuf" and not np.isin(split, (0, 1)).all():
+            row = int(np.flatnonzero(~np.isin(split, (0, 1)))[0])
+            raise ValueError(f"Expected split values 0 (calibration) or 1 (test) in {str(sp)!r}, got {_num(split[row])} "
+                             f"at row {row}.")
+        log.info("Read the calibration/test split of %s from %s", path, sp)
+        out["split"] = split
+    return out
 
 
 def _read_torch(path):
@@ -610,7 +787,8 @@ class LogitsWriter:
     ``path`` ends in ``.npz`` (logits, and whichever of labels, groups, split, fallback the batches carry, plus
     ``class_names``: the contract of :func:`load_logits`) or ``.npy`` (the logits, memory-mappable by
     ``load_logits(path, mmap=True)``, with the labels in ``labels.npy`` beside it, where ``load_logits`` looks
-    for them; groups, split and fallback need ``.npz``). Each batch streams to a temporary file beside ``path``
+    for them, and the split, when batches carry one, in ``split.npy`` beside it, where ``load_logits`` looks for
+    it too; groups and fallback need ``.npz``). Each batch streams to a temporary file beside ``path``
     (a ``.npy`` with a fixed-size header rewritten at the end), so memory stays one batch whatever the total;
     string group ids, which need the widest id to fix their width, are kept in memory (one string per row).
     ``dtype`` (float16, float32 (default) or float64) is what the logits are stored as: each batch is cast to
@@ -643,7 +821,9 @@ class LogitsWriter:
                 raise ValueError(f"Expected class_names as {self.n_classes} strings, got {class_names!r:.80}.")
             class_names = np.array([str(c) for c in class_names])
         self.class_names = class_names
-        targets = [self.path] + ([self.path.with_name("labels.npy")] if self.format == ".npy" else [])
+        # a stale split.npy beside .npy logits would be read as their split: refused (or replaced) as well
+        targets = [self.path] + ([self.path.with_name("labels.npy"), self.path.with_name("split.npy")]
+                                 if self.format == ".npy" else [])
         for t in targets:
             if (t.exists() or t.is_symlink()) and not overwrite:
                 raise FileExistsError(f"Expected no file at {str(t)!r} (LogitsWriter output), got one; pass "
@@ -674,9 +854,9 @@ class LogitsWriter:
             given = {"labels": labels, "groups": groups, "split": split, "fallback": fallback}
             keys = tuple(k for k in _WRITER_KEYS if given[k] is not None)
             if self._keys is None:
-                if self.format == ".npy" and set(keys) - {"labels"}:
-                    raise ValueError(f"Expected only labels beside .npy logits, got {sorted(set(keys) - {'labels'})}; "
-                                     "write a .npz to keep groups, split or fallback.")
+                if self.format == ".npy" and set(keys) - {"labels", "split"}:
+                    raise ValueError(f"Expected only labels beside .npy logits (and a split, in split.npy), got "
+                                     f"{sorted(set(keys) - {'labels', 'split'})}; write a .npz to keep groups or fallback.")
                 self._keys = keys
             elif keys != self._keys:
                 raise ValueError(f"Expected the same arrays in every batch ({list(self._keys)}, as in the first), got "
@@ -742,8 +922,12 @@ class LogitsWriter:
                 np.save(self._tmp / "class_names.npy", self.class_names, allow_pickle=False)
                 parts["class_names"] = self._tmp / "class_names.npy"
             if self.format == ".npy":
-                if "labels" in parts:
-                    os.replace(parts["labels"], self.path.with_name("labels.npy"))
+                for key in ("labels", "split"):
+                    side = self.path.with_name(f"{key}.npy")
+                    if key in parts:
+                        os.replace(parts[key], side)
+                    elif key == "split" and (side.exists() or side.is_symlink()):
+                        side.unlink()  # overwrite=True (checked at open): a stale split must not pair with these logits
                 os.replace(parts["logits"], self.path)
             else:
                 tmp_zip = self._tmp / "out.npz"

@@ -3,6 +3,11 @@
     python experiments/calibrate.py                                  # embedded real dataset
     python experiments/calibrate.py data=npz data.path=my_logits.npz calibrator=temperature hydra.run.dir=out/
     python experiments/calibrate.py -m experiment=kull2019           # a preset sweep (conf/experiment/)
+    python experiments/calibrate.py data=npz data.path=big.npy data.mmap=true conformal=aps  # out of core
+
+With ``data.mmap=true`` and a ``.npy`` logits file (labels in ``labels.npy`` beside it or ``+data.labels_path=``,
+a ``.npz`` of labels/split/groups/fallback there too; split in ``split.npy`` beside it or ``+data.split_path=``) the
+pipeline reads the file in row chunks of ``data.chunk_rows`` rows (calib.evaluation.streaming; docs/scaling.md).
 
 Writes into the run folder: metrics.json (deterministic; its artifact_id names the artifact beside it), timings.json, reliability.png,
 artifact/, and Hydra's resolved config in .hydra/. A re-run into a used folder first removes the previous run's
@@ -47,13 +52,34 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     log.info("[1/4] Components: calibrator %s, conformal %s, policy %s", cfg.calibrator.get("_target_"),
              (cfg.conformal or {}).get("_target_"), (cfg.policy or {}).get("_target_"))
     calibrator, conformal, policy = instantiate(cfg.calibrator), _optional(cfg, "conformal"), _optional(cfg, "policy")
-    data = instantiate(cfg.data)
-    cal, test = data.split_cal_test(cal_fraction=cfg.split.cal_fraction, seed=cfg.seed, resplit=cfg.split.resplit)
-    log.info("[2/4] Data: %d calibration / %d test rows, %d classes", cal.n_samples, test.n_samples, data.n_classes)
-    result = fit_and_evaluate(cal, test, calibrator, conformal=conformal, policy=policy, n_bins=cfg.eval.n_bins,
-                              n_bootstrap=cfg.eval.n_bootstrap, bootstrap_seed=cfg.eval.bootstrap_seed,
-                              calibration_bootstrap=cfg.eval.calibration_bootstrap,
-                              procedure_resamples=cfg.eval.procedure_resamples)
+    out_of_core = bool(cfg.data.get("mmap")) and str(cfg.data.get("path", "")).lower().endswith(".npy")
+    if out_of_core:  # refuse what cannot stream before reading anything
+        from calib.evaluation.streaming import check_streaming_components
+
+        check_streaming_components(calibrator, conformal, policy, procedure_resamples=cfg.eval.procedure_resamples)
+    data_node = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    chunk_rows = data_node.pop("chunk_rows", None)  # the out-of-core chunk size, not an argument of load_logits
+    data = instantiate(data_node)
+    if out_of_core and data.is_mapped:
+        from calib.evaluation.streaming import fit_and_evaluate_streaming
+
+        log.info("[2/4] Data: %d rows x %d classes, memory-mapped (%s): read in row chunks", data.n_samples,
+                 data.n_classes, data.logits.dtype)
+        result = fit_and_evaluate_streaming(data, calibrator, conformal=conformal, policy=policy,
+                                            n_bins=cfg.eval.n_bins, n_bootstrap=cfg.eval.n_bootstrap,
+                                            bootstrap_seed=cfg.eval.bootstrap_seed,
+                                            calibration_bootstrap=cfg.eval.calibration_bootstrap,
+                                            procedure_resamples=cfg.eval.procedure_resamples,
+                                            cal_fraction=cfg.split.cal_fraction, seed=cfg.seed,
+                                            resplit=cfg.split.resplit, chunk_rows=chunk_rows)
+    else:
+        cal, test = data.split_cal_test(cal_fraction=cfg.split.cal_fraction, seed=cfg.seed, resplit=cfg.split.resplit)
+        log.info("[2/4] Data: %d calibration / %d test rows, %d classes", cal.n_samples, test.n_samples,
+                 data.n_classes)
+        result = fit_and_evaluate(cal, test, calibrator, conformal=conformal, policy=policy, n_bins=cfg.eval.n_bins,
+                                  n_bootstrap=cfg.eval.n_bootstrap, bootstrap_seed=cfg.eval.bootstrap_seed,
+                                  calibration_bootstrap=cfg.eval.calibration_bootstrap,
+                                  procedure_resamples=cfg.eval.procedure_resamples)
     fitted = time.perf_counter()
     log.info("[3/4] Fitted and evaluated in %.2f s", fitted - start)
     result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))

@@ -62,6 +62,9 @@ class Calibrator(Component):
     """
 
     _fit_hint = "fit(logits, labels) before predict_proba()"
+    #: whether the calibrator has ``fit_chunked(blocks, n, n_classes, dtype, subsample=None)``: a fit on calibration
+    #: rows read block by block (logits files larger than memory, :mod:`calib.evaluation.streaming`)
+    supports_chunked_fit = False
 
     def fit(self, logits, labels):
         """Fit on calibration logits (n, k) and integer labels (n,); returns ``self``.
@@ -86,6 +89,18 @@ class Calibrator(Component):
 
     def _fit(self, logits, labels):
         raise NotImplementedError
+
+    def _top_label_chunked(self, blocks, n_classes):
+        """Top-label confidence and correctness (each (1, n), as a top-label ``_fit`` computes them) of the
+        calibration rows delivered block by block; sets ``n_classes_``."""
+        conf, hit = [], []
+        for x, y in blocks():
+            p = softmax(x)
+            top = p.argmax(axis=1)
+            conf.append(p[np.arange(p.shape[0]), top])
+            hit.append(top == y)
+        self.n_classes_ = int(n_classes)
+        return np.concatenate(conf)[None, :], np.concatenate(hit)[None, :]
 
     def _predict_proba(self, logits):
         raise NotImplementedError

@@ -115,6 +115,24 @@ class HistogramBinning(Calibrator):
             conf = p[np.arange(n), top][None, :]
             self.bin_edges_, self.bin_frequencies_ = _fit_bins(conf, (top == labels)[None, :], self.n_bins)
 
+    @property
+    def supports_chunked_fit(self):
+        """Top-label binning fits on each row's confidence and correctness, so it can be fitted on rows read in
+        chunks (:meth:`fit_chunked`); one-vs-rest needs every class's column sorted (the (n, k) matrix)."""
+        return self.multiclass == "top_label"
+
+    def fit_chunked(self, blocks, n, n_classes, dtype, *, subsample=None):
+        """:meth:`fit` (``multiclass="top_label"``) on ``n`` calibration rows delivered as ``(logits, labels)``
+        blocks by ``blocks()``: the same bins, bit for bit. Returns ``self``."""
+        if self.multiclass != "top_label":
+            raise ValueError("Expected multiclass='top_label' to fit HistogramBinning on rows read in chunks, got "
+                             "'ovr' (it sorts every class's column of the (n, k) probabilities).")
+        if n < self.n_bins:
+            raise ValueError(f"Expected at least n_bins={self.n_bins} calibration rows, got {n}.")
+        conf, hit = self._top_label_chunked(blocks, n_classes)
+        self.bin_edges_, self.bin_frequencies_ = _fit_bins(conf, hit, self.n_bins)
+        return self
+
     def _lookup(self, values_t):
         idx = _assign(values_t, self.bin_edges_)
         return np.take_along_axis(self.bin_frequencies_, idx, axis=1)

@@ -156,6 +156,24 @@ class IsotonicCalibration(Calibrator):
         self.knots_x_, self.knot_counts_ = pad_ragged(kx)
         self.knots_y_, _ = pad_ragged(ky)
 
+    @property
+    def supports_chunked_fit(self):
+        """Top-label isotonic regression fits on each row's confidence and correctness, so it can be fitted on
+        rows read in chunks (:meth:`fit_chunked`); one-vs-rest needs every class's column (the (n, k) matrix)."""
+        return self.multiclass == "top_label"
+
+    def fit_chunked(self, blocks, n, n_classes, dtype, *, subsample=None):
+        """:meth:`fit` (``multiclass="top_label"``) on ``n`` calibration rows delivered as ``(logits, labels)``
+        blocks by ``blocks()``: the same map, bit for bit. Returns ``self``."""
+        if self.multiclass != "top_label":
+            raise ValueError("Expected multiclass='top_label' to fit IsotonicCalibration on rows read in chunks, got "
+                             "'ovr' (it fits every class's column of the (n, k) probabilities).")
+        conf, hit = self._top_label_chunked(blocks, n_classes)
+        kx, ky = fit_isotonic_columns(conf, hit.astype(np.float64))
+        self.knots_x_, self.knot_counts_ = pad_ragged(kx)
+        self.knots_y_, _ = pad_ragged(ky)
+        return self
+
     def _predict_proba(self, logits):
         p = softmax(logits)
         if self.multiclass == "ovr":

@@ -23,8 +23,8 @@ import numpy as np
 from calib.base import ConvergenceWarning, FitError, state_scalar
 from calib.calibrators.base import Calibrator, _chunk_rows, softmax, state_error
 
-__all__ = ["TemperatureScaling", "fit_inverse_temperature", "nll_derivatives", "check_log_t_bounds",
-           "LOG_T_LIMIT"]
+__all__ = ["TemperatureScaling", "fit_inverse_temperature", "fit_inverse_temperature_chunked", "nll_derivatives",
+           "check_log_t_bounds", "subsample_index", "LOG_T_LIMIT"]
 
 
 class TemperatureScaling(Calibrator):
@@ -67,6 +67,19 @@ class TemperatureScaling(Calibrator):
 
     def _predict_proba(self, logits):
         return softmax(logits, beta=1.0 / self.temperature_)
+
+    #: :meth:`fit_chunked` exists (the out-of-core pipeline, :mod:`calib.evaluation.streaming`)
+    supports_chunked_fit = True
+
+    def fit_chunked(self, blocks, n, n_classes, dtype, *, subsample=None):
+        """Fit on ``n`` calibration rows delivered block by block (:func:`fit_inverse_temperature_chunked`);
+        the same temperature as :meth:`fit` on those rows, bit for bit. Returns ``self``."""
+        beta, info = fit_inverse_temperature_chunked(blocks, n, dtype, subsample=subsample,
+                                                     log_t_bounds=self.log_t_bounds)
+        self.temperature_ = 1.0 / beta
+        self.fit_info_ = info
+        self.n_classes_ = int(n_classes)
+        return self
 
     def _get_state(self):
         return {"temperature": self.temperature_}, {}
@@ -197,32 +210,89 @@ def fit_inverse_temperature(logits, labels, *, log_t_bounds=(-4.6, 4.6), tol=Non
     beta_lo, beta_hi = math.exp(-log_t_bounds[1]), math.exp(-log_t_bounds[0])
     beta = 1.0
     # A strided subsample gets close cheaply; the full data then needs one or two Halley steps.
-    sub = 4096
-    if n > 4 * sub:
-        idx = np.linspace(0, n - 1, sub).round().astype(np.int64)
+    idx = subsample_index(n)
+    if idx is not None:
         try:
             beta, _ = _halley(x[idx], y[idx], 1.0, beta_lo, beta_hi, tol=1e-4, max_iter=max_iter)
         except ValueError:  # the full data decides (and raises with its own diagnosis)
             beta = 1.0
     beta, info = _halley(x, y, beta, beta_lo, beta_hi, tol=tol, max_iter=max_iter)
+    return _finish_fit(beta, info, n, tol, max_iter)
+
+
+#: rows of the strided subsample that starts the temperature fit (used when n > 4 * SUBSAMPLE_ROWS)
+SUBSAMPLE_ROWS = 4096
+
+
+def subsample_index(n):
+    """Rows (int64, increasing) of the strided subsample that starts a fit on ``n`` rows, or None (small n)."""
+    if n > 4 * SUBSAMPLE_ROWS:
+        return np.linspace(0, n - 1, SUBSAMPLE_ROWS).round().astype(np.int64)
+    return None
+
+
+def _finish_fit(beta, info, n, tol, max_iter):
     info["n_samples"] = int(n)
     if not info["converged"]:
         warnings.warn(
             f"Temperature scaling stopped at max_iter={max_iter} before meeting its tolerance: the last step "
             f"changed 1/T by a relative {info['last_step']:.3g} (tolerance {tol:.3g}) and the NLL gradient is "
             f"{info['gradient']:.3g} at T = {1.0 / beta:.6g}.",
-            ConvergenceWarning, stacklevel=2,
+            ConvergenceWarning, stacklevel=3,
         )
     return beta, info
 
 
-def _halley(x, y, beta, lo, hi, *, tol, max_iter):
+def fit_inverse_temperature_chunked(blocks, n, dtype, *, subsample=None, log_t_bounds=(-4.6, 4.6), tol=None,
+                                    max_iter=100):
+    """:func:`fit_inverse_temperature` on data that do not fit in memory: the same solver, the same answer.
+
+    ``blocks()`` returns a fresh iterator of ``(logits, labels)`` blocks of the ``n`` calibration rows in order,
+    each of exactly ``_chunk_rows(k)`` rows but the last (the chunks :func:`nll_derivatives` cuts), with logits of
+    ``dtype`` (float32 or float64); ``subsample`` is ``(logits, labels)`` of the rows :func:`subsample_index(n)`
+    (None when that is None). The NLL and its derivatives are then summed block by block in exactly the order of
+    the in-memory pass, so the fitted temperature is bit for bit the in-memory one (tests/test_out_of_core.py).
+    """
+    dtype = np.dtype(dtype)
+    log_t_bounds = check_log_t_bounds(log_t_bounds)
+    if tol is None:
+        tol = 16 * float(np.finfo(dtype).eps)
+    beta_lo, beta_hi = math.exp(-log_t_bounds[1]), math.exp(-log_t_bounds[0])
+
+    def derivs(beta):
+        totals = np.zeros(4)
+        b = dtype.type(beta)
+        work = None
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for xb, yb in blocks():
+                m, k = xb.shape
+                if work is None or work[0].shape[0] < m:
+                    work = [np.empty((m, k), dtype=dtype) for _ in range(3)]
+                _accumulate(xb, yb, b, beta, 3, m, m, work[0], work[1], work[2], totals)
+        out = totals / n
+        return tuple(float(v) for v in out)
+
+    beta = 1.0
+    if subsample is not None:
+        try:
+            beta, _ = _halley(subsample[0], subsample[1], 1.0, beta_lo, beta_hi, tol=1e-4, max_iter=max_iter)
+        except ValueError:
+            beta = 1.0
+    beta, info = _halley(None, None, beta, beta_lo, beta_hi, tol=tol, max_iter=max_iter, derivs=derivs)
+    return _finish_fit(beta, info, n, tol, max_iter)
+
+
+def _halley(x, y, beta, lo, hi, *, tol, max_iter, derivs=None):
     beta = min(max(beta, lo), hi)
     lo_seen = hi_seen = False  # whether L' has been evaluated at a point that bounds the root
     for it in range(1, max_iter + 1):
-        nll, g, h, t = nll_derivatives(x, y, beta)
+        nll, g, h, t = nll_derivatives(x, y, beta) if derivs is None else derivs(beta)
         if not (math.isfinite(nll) and math.isfinite(g) and math.isfinite(h)):
             # NaN compares false both ways: without this check a NaN gradient read as "g == 0", converged
+            if x is None:
+                raise FitError(f"Expected a finite NLL and derivatives in the temperature fit, got NLL {nll!r}, "
+                               f"gradient {g!r}, curvature {h!r} at T = {1.0 / beta:.6g}; likely cause: logits whose "
+                               "range overflows their dtype (pass float64 logits, or clip or drop those rows).")
             raise _non_finite_error(x, beta, nll, g, h)
         if g > 0:
             hi, hi_seen = beta, True

@@ -66,8 +66,8 @@ def _test_metrics(probs, labels, n_bins):
 
 @dataclasses.dataclass
 class PipelineResult:
-    """Fitted components, the metrics dict (the content of metrics.json), test-split probabilities and the
-    stages' plot data (``plots``: file name -> :class:`calib.plotting.FigureSpec`, drawn by :meth:`write`)."""
+    """Fitted components, the metrics dict (the content of metrics.json), test-split probabilities (None in an
+    out-of-core run, which keeps :attr:`reliability_panels` instead) and the stages' plot data (``plots``: file name -> :class:`calib.plotting.FigureSpec`, drawn by :meth:`write`)."""
 
     metrics: dict
     calibrator: object
@@ -80,6 +80,9 @@ class PipelineResult:
     n_bins: int = 15
     plots: dict = dataclasses.field(default_factory=dict)  # file name -> calib.plotting.FigureSpec
     reliability: dict | None = None  # calibration items' accuracy per confidence bin (calib.deploy.reliability_table)
+    #: [(name, calib.plotting.reliability.ReliabilityData)] of reliability.png, when the test probabilities are not
+    #: kept (the out-of-core pipeline, :mod:`calib.evaluation.streaming`: ``probs_before``/``probs_after`` None)
+    reliability_panels: list | None = None
 
     def fitted_pipeline(self):
         """The fitted chain as the :class:`calib.deploy.FittedPipeline` that :meth:`write` saves (and
@@ -109,11 +112,15 @@ class PipelineResult:
                         "not draw them will not remove them.", unknown, out_dir)
         clear_run_folder(out_dir, also=unknown)
         self.metrics.pop("artifact_id", None)  # a previous write's; set again below for this artifact
-        fig = reliability.plot_reliability_comparison([
-            ("uncalibrated", reliability.prepare_reliability(self.probs_before, self.test_labels, n_bins=self.n_bins)),
-            (self.calibrator.kind,
-             reliability.prepare_reliability(self.probs_after, self.test_labels, n_bins=self.n_bins)),
-        ])
+        panels = self.reliability_panels
+        if panels is None:
+            panels = [
+                ("uncalibrated", reliability.prepare_reliability(self.probs_before, self.test_labels,
+                                                                 n_bins=self.n_bins)),
+                (self.calibrator.kind,
+                 reliability.prepare_reliability(self.probs_after, self.test_labels, n_bins=self.n_bins)),
+            ]
+        fig = reliability.plot_reliability_comparison(panels)
         save_figure(fig, out_dir / "reliability.png")
         for name, spec in self.plots.items():
             save_figure(render(spec), out_dir / name)

@@ -18,6 +18,7 @@ from calib.plotting import axes
 
 __all__ = ["CoverageCurveData", "prepare_coverage_curve", "plot_coverage_curve", "SetSizeData",
            "prepare_set_sizes", "plot_set_size_histogram", "ClassCoverageData", "prepare_class_coverage",
+           "prepare_class_coverage_rows",
            "plot_class_coverage"]
 
 _SIZE = (5, 4)
@@ -153,11 +154,18 @@ def prepare_class_coverage(sets, labels, alpha, *, p_holm=None, level=0.05) -> C
     ...                        0.1).coverage.tolist()
     [0.5, 1.0]
     """
+    hits = _hits(sets, labels)
+    return prepare_class_coverage_rows(hits, labels, np.shape(sets)[1], alpha, p_holm=p_holm, level=level)
+
+
+def prepare_class_coverage_rows(hits, labels, n_classes, alpha, *, p_holm=None, level=0.05) -> ClassCoverageData:
+    """:func:`prepare_class_coverage` from each row's "label in the set" (``hits``, bool (n,)) and the number of
+    classes: what an out-of-core run keeps instead of the (n, k) sets."""
     alpha = check_fraction(alpha, "alpha")
     level = check_fraction(level, "level")
-    hits = _hits(sets, labels)
+    hits = check_binary(np.asarray(hits), "hits")
     labels = np.asarray(labels).astype(np.int64)
-    k = np.shape(sets)[1]
+    k = int(n_classes)
     counts = np.bincount(labels, minlength=k)
     covered = np.bincount(labels, weights=hits, minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):

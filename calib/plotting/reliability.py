@@ -13,7 +13,7 @@ from calib._validation import check_probs_labels
 from calib.metrics import calibration_bins
 from calib.plotting import axes, save_figure
 
-__all__ = ["ReliabilityData", "prepare_reliability", "plot_reliability", "plot_confidence_histogram",
+__all__ = ["ReliabilityData", "prepare_reliability", "prepare_reliability_rows", "plot_reliability", "plot_confidence_histogram",
            "plot_reliability_comparison", "save_figure"]
 
 
@@ -40,7 +40,18 @@ def prepare_reliability(probs, labels, *, n_bins=15) -> ReliabilityData:
     p, y = check_probs_labels(probs, labels)
     pred = p.argmax(axis=1)
     conf = np.take_along_axis(p, pred[:, None], axis=1)[:, 0].astype(np.float64)
-    hit = pred == y
+    return prepare_reliability_rows(conf, pred == y, n_bins=n_bins)
+
+
+def prepare_reliability_rows(confidence, correct, *, n_bins=15) -> ReliabilityData:
+    """:func:`prepare_reliability` from each row's top-label confidence and correctness (what an out-of-core run
+    keeps instead of the (n, k) probabilities; the same data for the same rows).
+
+    >>> prepare_reliability_rows(np.array([0.9, 0.6]), np.array([False, False]), n_bins=2).bin_count.tolist()
+    [0, 2]
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct)
     count, mean_conf, acc = calibration_bins(conf, hit, n_bins=n_bins)
     filled = count > 0
     ece = float(np.sum(np.abs(acc[filled] - mean_conf[filled]) * count[filled]) / len(conf))
