@@ -14,4 +14,9 @@ The shift *report* of an experiment (which guarantees break when the test distri
 the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
 """
 
-__all__: list[str] = []
+from calib.shift.reference import NOVELTY_SCORES, ReferenceStats, novelty_scores
+
+#: kind -> class of every component this package fits (artifacts rebuild them only through it)
+REGISTRY = {ReferenceStats.kind: ReferenceStats}
+
+__all__ = ["REGISTRY", "ReferenceStats", "novelty_scores", "NOVELTY_SCORES"]
