@@ -5,7 +5,7 @@ imported inside the functions that need them. The layers and what each may impor
 ``docs/architecture.md``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from calib import _moved  # noqa: E402
 

@@ -5,7 +5,7 @@ Layout of ``artifact/``::
 
     manifest.json   format, schema_version, calib_version, created_utc, n_classes, class_names,
                     components {"calibrator": {"kind", "params", "state", "arrays": {name: {dtype, shape}}},
-                                "conformal": {...}, "policy": {...}},
+                                "conformal": {...}, "policy": {...}, "reference": {...}},
                     portable (every component predicts with numpy alone: calib.runtime serves it),
                     pipeline (schema 2: the input contract, the reliability table behind the confidence
                     bands, the probe rows ``calib verify`` recomputes; see calib.deploy),
@@ -35,8 +35,9 @@ HMAC-SHA256 (standard library ``hmac``) of ``manifest.json``'s bytes, which list
 file. Whenever a key is configured, loading requires a signature made with it and refuses a missing or
 wrong one; without a key a signature is not checked (``calib inspect`` says so).
 
-Versions: schema 1 (calib 0.1) and 2 (0.2: the ``pipeline`` block) load; a newer schema is refused naming
-the schema and the calib that wrote it.
+Versions: schema 1 (calib 0.1), 2 (0.2: the ``pipeline`` block) and 3 (0.3: a ``reference`` component,
+:class:`calib.shift.ReferenceStats`, for monitoring) load; an artifact without a reference is still written as
+schema 2, which calib 0.2 reads. A newer schema is refused naming the schema and the calib that wrote it.
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ __all__ = ["save_artifact", "load_artifact", "load_pipeline", "read_manifest", "
            "FORMAT", "SCHEMA_VERSION", "READABLE_SCHEMAS", "MAX_LOAD_BYTES", "KEY_ENV", "KEY_FILE_ENV"]
 
 FORMAT = "calib.artifact"
-#: The schema this calib writes; 2 added the ``pipeline`` block (input contract, reliability table, probe rows).
-SCHEMA_VERSION = 2
+#: The schema this calib writes; 2 added the ``pipeline`` block (input contract, reliability table, probe rows),
+#: 3 the ``reference`` component (written only when there is one: otherwise the manifest is schema 2).
+SCHEMA_VERSION = 3
 #: The schemas this calib reads.
-READABLE_SCHEMAS = (1, 2)
+READABLE_SCHEMAS = (1, 2, 3)
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 SIGNATURE = "signature.json"
@@ -161,7 +163,8 @@ def signature_status(path, key=None):
 
 
 #: Pipeline components in the order they are applied; each has a registry ``<module>.REGISTRY``.
-COMPONENTS = {"calibrator": "calib.calibrators", "conformal": "calib.conformal", "policy": "calib.policy"}
+COMPONENTS = {"calibrator": "calib.calibrators", "conformal": "calib.conformal", "policy": "calib.policy",
+              "reference": "calib.shift"}  # reference: calib.shift.ReferenceStats, what a monitor compares with
 
 
 def _module(component):
@@ -231,7 +234,7 @@ def _describe(component, obj):
 
 
 def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None, data_fingerprint=None,
-                  class_names=None, config_yaml=None, overwrite=False, pipeline=None, key=None):
+                  class_names=None, config_yaml=None, overwrite=False, pipeline=None, key=None, reference=None):
     """Write a fitted pipeline (calibrator, optional conformal predictor and policy) to ``path`` atomically.
 
     Parameters
@@ -257,6 +260,9 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
     key : bytes or str, optional
         Signing key; default: :func:`signing_key` (``CALIB_SIGNING_KEY_FILE`` / ``CALIB_SIGNING_KEY``). With
         a key the artifact gets ``signature.json``.
+    reference : calib.shift.ReferenceStats, optional
+        Calibration reference statistics for monitoring a serving stream (schema 3; an artifact without one is
+        written as schema 2, which older calib versions read).
 
     Returns
     -------
@@ -266,7 +272,8 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
     key = signing_key(key)  # a bad key fails before anything is written
     _check_destination(path, overwrite)
     components, flat = {}, {}
-    for name, obj in (("calibrator", calibrator), ("conformal", conformal), ("policy", policy)):
+    for name, obj in (("calibrator", calibrator), ("conformal", conformal), ("policy", policy),
+                      ("reference", reference)):
         if obj is None:
             continue
         entry, arrays = _describe(name, obj)
@@ -284,7 +291,7 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
         class_names = [str(c) for c in class_names]
         if len(class_names) != n_classes:
             raise ValueError(f"Expected {n_classes} class_names, got {len(class_names)}.")
-    portable = all(type(obj).portable for obj in (calibrator, conformal, policy) if obj is not None)
+    portable = all(type(obj).portable for obj in (calibrator, conformal, policy, reference) if obj is not None)
     if not portable:
         import warnings
 
@@ -304,7 +311,7 @@ def save_artifact(calibrator, path, *, conformal=None, policy=None, metrics=None
             flat[f"pipeline.{k}"] = a
     manifest = {
         "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION if reference is not None else 2,
         "calib_version": _version(),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "n_classes": n_classes,
@@ -732,6 +739,9 @@ def _load_pipeline(path, cap, key):
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
         raise ArtifactError(f"Unknown components {unknown} in {mfile!r}; known: {list(COMPONENTS)}.")
+    if "reference" in components and manifest.get("schema_version") in (1, 2):
+        raise ArtifactError(f"Unexpected component 'reference' in the schema-{manifest.get('schema_version')} "
+                            f"manifest {mfile!r}: reference statistics came with schema 3.")
     wanted, specs = {}, {}
     for name, entry in components.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("params", {}), dict) \

@@ -279,7 +279,7 @@ class FittedPipeline:
     table; :meth:`fit`, :meth:`save` / :meth:`load`, :meth:`apply`. See the module docstring."""
 
     def __init__(self, calibrator, conformal=None, policy=None, *, class_names=None, reliability=None,
-                 input_dtype="float32", probe=None, provenance=None):
+                 input_dtype="float32", probe=None, provenance=None, reference=None):
         for name, obj in (("calibrator", calibrator), ("conformal", conformal), ("policy", policy)):
             if obj is None:
                 if name == "calibrator":
@@ -298,7 +298,16 @@ class FittedPipeline:
             class_names = tuple(str(c) for c in class_names)
             if len(class_names) != k:
                 raise ValueError(f"Expected {k} class_names, got {len(class_names)}.")
+        if reference is not None:
+            from calib.shift import ReferenceStats
+
+            if not isinstance(reference, ReferenceStats) or not reference.is_fitted:
+                raise TypeError(f"Expected reference as a fitted calib.shift.ReferenceStats, got {reference!r:.80}.")
+            if reference.n_classes_ != k:
+                raise ValueError(f"Expected the reference fitted on {k} classes (as the calibrator), got "
+                                 f"{reference.n_classes_}.")
         self.calibrator, self.conformal, self.policy = calibrator, conformal, policy
+        self.reference = reference
         self.class_names = class_names
         self.n_classes = int(k)
         if str(input_dtype) not in ("float16", "float32", "float64"):
@@ -341,7 +350,22 @@ class FittedPipeline:
         pipe = cls(calibrator, conformal, policy, class_names=class_names, reliability=table,
                    input_dtype=np.dtype(x.dtype).name if x.dtype in (np.float16, np.float32, np.float64) else "float32")
         pipe.probe = pipe._probe_outputs()
+        pipe.attach_reference(x, y, probs=p, fallback=fallback, groups=groups)
         return pipe
+
+    def attach_reference(self, logits, labels, *, probs=None, fallback=None, groups=None):
+        """Fit and keep :class:`calib.shift.ReferenceStats` on the calibration rows (what ``calib monitor``
+        compares a serving batch with): class counts, the calibrated model's confusion matrix, confidence and
+        novelty-score samples, the ATC threshold and, with a policy, its rates on these rows. Returns ``self``."""
+        from calib.shift import ReferenceStats
+
+        x = self._check_logits(logits)
+        p = self.predict_proba(x) if probs is None else probs
+        rates = None
+        if self.policy is not None:  # {"automation": ..., "escalation": ..., "fallback": ...} on these rows
+            rates = {k.removesuffix("_rate"): v for k, v in self.apply(x, fallback=fallback, groups=groups).rates().items()}
+        self.reference = ReferenceStats().fit(x, labels, probs=p, rates=rates)
+        return self
 
     @classmethod
     def from_parts(cls, calibrator, conformal=None, policy=None, *, cal_probs=None, cal_labels=None, **kwargs):
@@ -379,7 +403,8 @@ class FittedPipeline:
     @property
     def components(self):
         return {name: obj for name, obj in (("calibrator", self.calibrator), ("conformal", self.conformal),
-                                            ("policy", self.policy)) if obj is not None}
+                                            ("policy", self.policy), ("reference", self.reference))
+                if obj is not None}
 
     @property
     def portable(self):
@@ -630,7 +655,8 @@ class FittedPipeline:
 
         return save_artifact(self.calibrator, path, conformal=self.conformal, policy=self.policy, metrics=metrics,
                              data_fingerprint=data_fingerprint, class_names=self.class_names,
-                             config_yaml=config_yaml, overwrite=overwrite, pipeline=self._block(), key=key)
+                             config_yaml=config_yaml, overwrite=overwrite, pipeline=self._block(), key=key,
+                             reference=self.reference)
 
     @classmethod
     def load(cls, path, *, key=None, max_bytes=None, require_portable=False):
@@ -681,7 +707,7 @@ class FittedPipeline:
         try:
             pipe = cls(comps["calibrator"], comps.get("conformal"), comps.get("policy"),
                        class_names=manifest.get("class_names"), reliability=None, input_dtype=inp["dtype"],
-                       probe=probe, provenance=provenance)
+                       probe=probe, provenance=provenance, reference=comps.get("reference"))
         except (TypeError, ValueError) as err:
             raise ArtifactError(f"Could not assemble the pipeline of {mfile!r}: {err}") from err
         pipe.reliability = reliability

@@ -112,9 +112,9 @@ def test_corrupted_manifest(tmp_path, fitted):
 
 def test_unknown_schema_version_format_and_kind(tmp_path, fitted):
     path = save_artifact(fitted, tmp_path / "art")
-    _edit_manifest(path, lambda m: m.update(schema_version=3, calib_version="9.1.0"))
-    with pytest.raises(ArtifactError, match=r"Unsupported artifact schema_version 3 \(written by calib '9.1.0'\) .*"
-                                            r"this calib \S+ reads schema versions \[1, 2\]; upgrade calib"):
+    _edit_manifest(path, lambda m: m.update(schema_version=4, calib_version="9.1.0"))
+    with pytest.raises(ArtifactError, match=r"Unsupported artifact schema_version 4 \(written by calib '9.1.0'\) .*"
+                                            r"this calib \S+ reads schema versions \[1, 2, 3\]; upgrade calib"):
         load_artifact(path)
     _edit_manifest(path, lambda m: m.update(schema_version=1, format="netcal.pickle"))
     with pytest.raises(ArtifactError, match="Expected format 'calib.artifact'"):

@@ -196,7 +196,7 @@ def test_inspect_text(capsys, store, lac):
     assert code == 0 and err == ""
     text = out
     for needle in ("signature: unsigned", "checksums of arrays.npz",
-                   f"schema       2 (written by calib {calib.__version__}", "portable     yes", "input        logits float32 of shape (n, 10)",
+                   f"schema       3 (written by calib {calib.__version__}", "portable     yes", "input        logits float32 of shape (n, 10)",
                    "classes      10: c0, c1, c2", "calibrator   temperature", "conformal    split",
                    "policy       threshold", "threshold  0.9", "nll        1.8363 -> 0.7593",
                    "coverage 0.8635 (target 90%)", "automation 53.2%, escalation 46.8%, fallback 0.0%",
@@ -216,8 +216,8 @@ def test_inspect_json(capsys, store, lac):
     assert {"artifact", "verified", "schema_version", "calib_version", "created_utc", "content_id", "portable",
             "input", "class_names", "components", "reliability", "metrics", "provenance"} <= set(info)
     m = json.loads((store / "lac" / "manifest.json").read_text())
-    assert info["schema_version"] == 2 and info["created_utc"] == m["created_utc"]
-    assert info["verified"] == {"checksums": ["arrays.npz"], "state": ["calibrator", "conformal", "policy"],
+    assert info["schema_version"] == 3 and info["created_utc"] == m["created_utc"]
+    assert info["verified"] == {"checksums": ["arrays.npz"], "state": ["calibrator", "conformal", "policy", "reference"],
                                 "signature": "unsigned"}
     assert info["input"] == {"kind": "logits", "n_classes": K, "dtype": "float32"}
     assert info["class_names"] == [f"c{j}" for j in range(K)]
@@ -259,7 +259,7 @@ def test_verify_ok(capsys, store):
     rep = json.loads(out)
     assert code == 0 and rep["ok"] is True and rep["checks"]["probe"]["mismatches"] == {}
     assert rep["checks"]["state"]["components"] == {"calibrator": "temperature", "conformal": "split",
-                                                    "policy": "conformal_routing"}
+                                                    "policy": "conformal_routing", "reference": "reference_stats"}
 
 
 def test_verify_detects_changed_probe_outputs(capsys, art, lac):
@@ -304,14 +304,14 @@ def _truncate(a):
 
 
 def _newer_schema(a):
-    edit_manifest(a, lambda m: m.update(schema_version=3, calib_version="9.0.0"), recompute=True)
+    edit_manifest(a, lambda m: m.update(schema_version=4, calib_version="9.0.0"), recompute=True)
 
 
 BAD_ARTIFACTS = [
     pytest.param(_tamper_param, r"Checksum mismatch for manifest.json", id="tampered-param"),
     pytest.param(_flip_array_byte, r"Checksum mismatch for 'arrays.npz'", id="edited-arrays"),
     pytest.param(_truncate, r"Checksum mismatch for 'arrays.npz'", id="truncated-arrays"),
-    pytest.param(_newer_schema, r"schema_version 3 \(written by calib '9.0.0'\).*upgrade calib", id="newer-schema"),
+    pytest.param(_newer_schema, r"schema_version 4 \(written by calib '9.0.0'\).*upgrade calib", id="newer-schema"),
     pytest.param(lambda a: shutil.rmtree(a), r"it does not exist", id="missing-folder"),
 ]
 

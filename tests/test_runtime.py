@@ -558,12 +558,12 @@ def test_schema_2_fixture_loads_and_reproduces_its_outputs_bit_for_bit(loader):
 
 def test_a_newer_schema_is_refused_naming_both_versions(tmp_path):
     shutil.copytree(FIXTURES / "artifact_v2" / "artifact", tmp_path / "art")
-    _edit_manifest(tmp_path / "art", lambda m: m.update(schema_version=3, calib_version="9.1.0"))
+    _edit_manifest(tmp_path / "art", lambda m: m.update(schema_version=4, calib_version="9.1.0"))
     for loader in (calib.runtime.load, FittedPipeline.load):
-        with pytest.raises(ArtifactError, match=r"schema_version 3 \(written by calib '9\.1\.0'\).*this calib "
-                                                rf"{calib.__version__} reads schema versions \[1, 2\]; upgrade calib"):
+        with pytest.raises(ArtifactError, match=r"schema_version 4 \(written by calib '9\.1\.0'\).*this calib "
+                                                rf"{calib.__version__} reads schema versions \[1, 2, 3\]; upgrade calib"):
             loader(tmp_path / "art")
-    assert max(READABLE_SCHEMAS) == 2
+    assert max(READABLE_SCHEMAS) == 3
 
 
 # --- signing --------------------------------------------------------------------------------------

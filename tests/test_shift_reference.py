@@ -147,3 +147,103 @@ def test_bad_inputs_are_refused(small):
         ReferenceStats().fit(x, y, probs=p, rates=[0.5])
     with pytest.raises(ValueError, match=r"logits"):
         ReferenceStats().fit(np.full((10, 3), np.nan), np.zeros(10, int))
+
+
+# --- in the fitted pipeline and its artifact ------------------------------------------------------------
+def _edit_manifest(path, fn):
+    import json
+
+    from calib.artifacts import _manifest_digest
+
+    m = json.loads((path / "manifest.json").read_text())
+    fn(m)
+    m["manifest_sha256"] = _manifest_digest(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def pipe(real):
+    from calib.conformal import SplitConformal
+    from calib.deploy import FittedPipeline
+    from calib.policy import ThresholdPolicy
+
+    x, y, _ = real
+    return FittedPipeline.fit(x, y, calibrator=TemperatureScaling(), conformal=SplitConformal(alpha=0.1),
+                              policy=ThresholdPolicy(threshold=0.9))
+
+
+def test_fitted_pipeline_keeps_reference_statistics_of_its_calibration_rows(pipe, real):
+    x, y, _ = real
+    ref = pipe.reference
+    p = pipe.predict_proba(x)
+    independent = ReferenceStats().fit(x, y, probs=p)
+    for name in ("class_counts_", "confusion_", "confidence_", "novelty_energy_"):
+        assert np.array_equal(getattr(ref, name), getattr(independent, name)), name
+    d = pipe.apply(x)
+    assert ref.rates_ == {"automation": float(np.mean(d.actions == 0)), "escalation": float(np.mean(d.actions == 1)),
+                          "fallback": float(np.mean(d.actions == 2))}
+    assert "reference" in pipe.components and pipe.portable
+
+
+@pytest.mark.parametrize("loader", ["FittedPipeline", "runtime"])
+def test_reference_round_trips_through_the_artifact_as_schema_3(pipe, tmp_path, loader):
+    import json
+
+    import calib.runtime
+    from calib.deploy import FittedPipeline
+
+    path = pipe.save(tmp_path / "art")
+    assert json.loads((path / "manifest.json").read_text())["schema_version"] == 3
+    back = (FittedPipeline.load if loader == "FittedPipeline" else calib.runtime.load)(path)
+    for name in ("class_counts_", "confusion_", "confidence_", "novelty_max_logit_", "novelty_energy_"):
+        assert np.array_equal(getattr(back.reference, name), getattr(pipe.reference, name)), name
+    assert back.reference.rates_ == pipe.reference.rates_ and back.verify()["ok"]
+
+
+def test_a_pipeline_without_reference_is_written_as_schema_2(pipe, tmp_path):
+    import json
+
+    from calib.deploy import FittedPipeline
+
+    bare = FittedPipeline(pipe.calibrator, pipe.conformal, pipe.policy, reliability=pipe.reliability)
+    path = bare.save(tmp_path / "art")
+    assert json.loads((path / "manifest.json").read_text())["schema_version"] == 2
+    assert FittedPipeline.load(path).reference is None
+
+
+def test_edited_reference_in_an_artifact_is_refused(pipe, tmp_path):
+    from calib.artifacts import ArtifactError
+    from calib.deploy import FittedPipeline
+
+    path = pipe.save(tmp_path / "a")
+    _edit_manifest(path, lambda m: m["components"]["reference"]["state"].update(accuracy=0.5))
+    with pytest.raises(ArtifactError, match=r"reference 'reference_stats'.*accuracy"):
+        FittedPipeline.load(path)
+    path = pipe.save(tmp_path / "b")
+    _edit_manifest(path, lambda m: m.update(schema_version=2))
+    with pytest.raises(ArtifactError, match=r"Unexpected component 'reference' in the schema-2 manifest"):
+        FittedPipeline.load(path)
+
+
+def test_reference_of_another_class_count_is_refused(pipe, small):
+    from calib.deploy import FittedPipeline
+
+    other = ReferenceStats().fit(small[0], small[1])
+    with pytest.raises(ValueError, match=r"reference fitted on 10 classes \(as the calibrator\), got 4"):
+        FittedPipeline(pipe.calibrator, reference=other)
+    with pytest.raises(TypeError, match=r"reference as a fitted calib.shift.ReferenceStats"):
+        FittedPipeline(pipe.calibrator, reference=ReferenceStats())
+
+
+def test_experiment_artifacts_carry_the_reference(tmp_path):
+    """fit_and_evaluate -> PipelineResult.write: the artifact an experiment saves has the reference."""
+    from calib.deploy import FittedPipeline
+    from calib.evaluation.pipeline import fit_and_evaluate
+
+    d = load("c10lt_wrn28")
+    cal, test = d.split_cal_test()
+    res = fit_and_evaluate(cal, test, TemperatureScaling(), calibration_bootstrap=0)
+    res.write(tmp_path / "run")
+    ref = FittedPipeline.load(tmp_path / "run" / "artifact").reference
+    assert ref is not None and ref.n_calibration_ == cal.n_samples and ref.rates_ == {}
+    assert ref.class_counts_.tolist() == np.bincount(cal.labels, minlength=10).tolist()

@@ -83,6 +83,9 @@ class PipelineResult:
     #: [(name, calib.plotting.reliability.ReliabilityData)] of reliability.png, when the test probabilities are not
     #: kept (the out-of-core pipeline, :mod:`calib.evaluation.streaming`: ``probs_before``/``probs_after`` None)
     reliability_panels: list | None = None
+    #: calib.shift.ReferenceStats of the calibration rows (stored in the artifact for ``calib monitor``); None in
+    #: an out-of-core run
+    reference: object | None = None
 
     def fitted_pipeline(self):
         """The fitted chain as the :class:`calib.deploy.FittedPipeline` that :meth:`write` saves (and
@@ -90,7 +93,7 @@ class PipelineResult:
         from calib.deploy import FittedPipeline
 
         return FittedPipeline.from_parts(self.calibrator, self.conformal, self.policy, class_names=self.class_names,
-                                         reliability=self.reliability)
+                                         reliability=self.reliability, reference=self.reference)
 
     def write(self, out_dir, *, config_yaml=None):
         """Write the figures (reliability.png and :attr:`plots`), artifact/ and, last, metrics.json into ``out_dir``.
@@ -240,8 +243,13 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
         result["procedure_ci"] = procedure_intervals(cal, test, calibrator, conformal=conformal, policy=policy,
                                                      n_bins=n_bins, n_resamples=procedure_resamples,
                                                      seed=bootstrap_seed)
+    from calib.deploy import FittedPipeline
+
+    reference = FittedPipeline.from_parts(calibrator, conformal, policy, reliability=reliability).attach_reference(
+        cal.logits, cal.labels, probs=cal_probs, fallback=cal.extras.get("fallback"), groups=cal.groups).reference
     return PipelineResult(result, calibrator, conformal, policy, test.labels, probs_before, probs_after,
-                          class_names=cal.class_names, n_bins=n_bins, plots=plots, reliability=reliability)
+                          class_names=cal.class_names, n_bins=n_bins, plots=plots, reliability=reliability,
+                          reference=reference)
 
 
 #: Calibrated test metrics recomputed by the procedure-level interval (cheap ones).
