@@ -178,7 +178,12 @@ def _module(component):
 
 
 def _registry(component):
-    return _module(component).REGISTRY
+    registry = _module(component).REGISTRY
+    if component == "conformal":  # label-shift-weighted predictors live in calib.shift (it adapts calib.conformal)
+        from calib.shift import CONFORMAL_REGISTRY
+
+        registry = {**registry, **CONFORMAL_REGISTRY}
+    return registry
 
 
 def data_fingerprint(logits, labels):
@@ -770,7 +775,7 @@ def _load_pipeline(path, cap, key):
             continue
         entry = components[name]
         module = _module(name)
-        registry = module.REGISTRY
+        registry = _registry(name)
         kind = entry.get("kind")
         kind = getattr(module, "LEGACY_KINDS", {}).get(kind, kind) if isinstance(kind, str) else kind
         if not isinstance(kind, str) or kind not in registry:

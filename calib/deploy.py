@@ -53,9 +53,10 @@ class NotPortableError(ValueError):
 
 
 def _registries():
-    from calib import calibrators, conformal, policy
+    from calib import calibrators, conformal, policy, shift
 
-    return {"calibrator": calibrators.REGISTRY, "conformal": conformal.REGISTRY, "policy": policy.REGISTRY}
+    return {"calibrator": calibrators.REGISTRY, "conformal": {**conformal.REGISTRY, **shift.CONFORMAL_REGISTRY},
+            "policy": policy.REGISTRY}
 
 
 _PACKAGES = {"calibrator": "calib.calibrators", "conformal": "calib.conformal", "policy": "calib.policy"}

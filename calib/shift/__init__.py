@@ -14,9 +14,14 @@ The shift *report* of an experiment (which guarantees break when the test distri
 the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
 """
 
+from calib.shift.conformal import LabelShiftConformal, weighted_conformal_thresholds
 from calib.shift.reference import NOVELTY_SCORES, ReferenceStats, novelty_scores
 
-#: kind -> class of every component this package fits (artifacts rebuild them only through it)
+#: kind -> class of the artifact's ``reference`` component (artifacts rebuild it only through this registry)
 REGISTRY = {ReferenceStats.kind: ReferenceStats}
+#: conformal predictors this package adds: they fill a pipeline's ``conformal`` slot (calib.artifacts and
+#: calib.deploy read this registry beside calib.conformal.REGISTRY)
+CONFORMAL_REGISTRY = {LabelShiftConformal.kind: LabelShiftConformal}
 
-__all__ = ["REGISTRY", "ReferenceStats", "novelty_scores", "NOVELTY_SCORES"]
+__all__ = ["REGISTRY", "CONFORMAL_REGISTRY", "ReferenceStats", "novelty_scores", "NOVELTY_SCORES",
+           "LabelShiftConformal", "weighted_conformal_thresholds"]
