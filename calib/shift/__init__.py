@@ -15,7 +15,9 @@ the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
 """
 
 from calib.shift.conformal import LabelShiftConformal, weighted_conformal_thresholds
-from calib.shift.reference import NOVELTY_SCORES, ReferenceStats, novelty_scores
+from calib.shift.monitor import (NOVELTY_SCORES, AccuracyEstimate, benjamini_hochberg, drift_tests, estimate_accuracy,
+                                 flagged_by_class, novelty_pvalues)
+from calib.shift.reference import ReferenceStats, novelty_scores
 
 #: kind -> class of the artifact's ``reference`` component (artifacts rebuild it only through this registry)
 REGISTRY = {ReferenceStats.kind: ReferenceStats}
@@ -24,4 +26,5 @@ REGISTRY = {ReferenceStats.kind: ReferenceStats}
 CONFORMAL_REGISTRY = {LabelShiftConformal.kind: LabelShiftConformal}
 
 __all__ = ["REGISTRY", "CONFORMAL_REGISTRY", "ReferenceStats", "novelty_scores", "NOVELTY_SCORES",
-           "LabelShiftConformal", "weighted_conformal_thresholds"]
+           "LabelShiftConformal", "weighted_conformal_thresholds", "AccuracyEstimate", "estimate_accuracy",
+           "drift_tests", "novelty_pvalues", "benjamini_hochberg", "flagged_by_class"]

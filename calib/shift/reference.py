@@ -56,15 +56,15 @@ def _sketch(values, size):
     return np.quantile(v, (np.arange(size) + 0.5) / size, method="inverted_cdf"), False
 
 
-def _atc_threshold(confidence_sorted, accuracy):
-    """The confidence ``t`` with ``#{c > t} = round(accuracy * n)`` on the sorted sample (ties: the largest such
-    share not above it); ``-inf``-free: at accuracy 1 it is just below the smallest confidence (0.0 stands for
-    "everything above"), at accuracy 0 the largest confidence."""
-    n = confidence_sorted.size
-    m = int(round(accuracy * n))
-    if m >= n:
-        return 0.0
-    return float(confidence_sorted[n - m - 1])
+def _atc_threshold(sorted_scores, n_correct):
+    """Threshold(s) t with exactly ``n_correct`` of the (sorted, ascending, along the last axis) scores above t
+    when scores are tie-free: the (n - c)-th smallest score; ``-inf`` when every row is correct."""
+    n = sorted_scores.shape[-1]
+    pos = np.asarray(n - n_correct - 1)
+    t = np.take_along_axis(np.atleast_2d(sorted_scores), np.clip(pos, 0, n - 1).reshape(-1, 1), axis=1)[:, 0]
+    t = np.where(pos.reshape(-1) < 0, -np.inf, t)
+    return t if np.ndim(n_correct) else float(t[0])
+
 
 
 class ReferenceStats(Component):
@@ -116,7 +116,8 @@ class ReferenceStats(Component):
         self.confidence_, self.exact_ = _sketch(conf, self.sample_size)
         self.novelty_max_logit_, _ = _sketch(novelty_scores(x, "max_logit"), self.sample_size)
         self.novelty_energy_, _ = _sketch(novelty_scores(x, "energy"), self.sample_size)
-        self.atc_threshold_ = _atc_threshold(np.sort(conf), self.accuracy_)
+        # 0.0 when every row is correct: every confidence (>= 1/k) lies above it
+        self.atc_threshold_ = max(0.0, _atc_threshold(np.sort(conf), int(np.trace(self.confusion_))))
         self.rates_ = rates
         self.n_calibration_ = int(n)
         self.n_classes_ = int(k)
