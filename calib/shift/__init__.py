@@ -15,6 +15,7 @@ the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
 """
 
 from calib.shift.conformal import LabelShiftConformal, weighted_conformal_thresholds
+from calib.shift.label_shift import LabelShiftEstimate, adjust_probs, estimate_label_shift
 from calib.shift.monitor import (NOVELTY_SCORES, AccuracyEstimate, benjamini_hochberg, drift_tests, estimate_accuracy,
                                  flagged_by_class, novelty_pvalues)
 from calib.shift.reference import ReferenceStats, novelty_scores
@@ -27,4 +28,5 @@ CONFORMAL_REGISTRY = {LabelShiftConformal.kind: LabelShiftConformal}
 
 __all__ = ["REGISTRY", "CONFORMAL_REGISTRY", "ReferenceStats", "novelty_scores", "NOVELTY_SCORES",
            "LabelShiftConformal", "weighted_conformal_thresholds", "AccuracyEstimate", "estimate_accuracy",
-           "drift_tests", "novelty_pvalues", "benjamini_hochberg", "flagged_by_class"]
+           "drift_tests", "novelty_pvalues", "benjamini_hochberg", "flagged_by_class", "LabelShiftEstimate",
+           "estimate_label_shift", "adjust_probs"]
