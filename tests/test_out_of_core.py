@@ -234,7 +234,11 @@ def test_cli_mmap_run_equals_in_memory_run(calibrate, tmp_path):
     from calib.deploy import FittedPipeline
 
     pa, pb = (FittedPipeline.load(tmp_path / run / "artifact") for run in ("mem", "ooc"))
+    # reference statistics (calib.shift) are not computed out of core yet (docs/shift.md): only in memory
+    assert pa.reference is not None and pb.reference is None
     for name, comp in pa.components.items():
+        if name == "reference":
+            continue
         (sa, arr_a), (sb, arr_b) = comp.get_state(), pb.components[name].get_state()
         assert _same(sa, sb) and _same(arr_a, arr_b), name
     assert _same(pa.reliability, pb.reliability)
