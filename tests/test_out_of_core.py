@@ -113,7 +113,16 @@ def test_temperature_subsample_path_and_artifact_are_identical(tmp_path):
     assert stream.calibrator.temperature_ == mem.calibrator.temperature_
     a = stream.write(tmp_path / "stream")
     b = mem.write(tmp_path / "mem")
-    assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()  # artifact_id included
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    # the artifacts differ by one component: the in-memory run stores reference statistics (calib.shift), the
+    # out-of-core run does not yet (docs/shift.md); everything else in metrics.json is identical
+    assert ma.pop("artifact_id") != mb.pop("artifact_id") and ma == mb
+    from calib.deploy import FittedPipeline
+
+    pa, pb = FittedPipeline.load(a / "artifact"), FittedPipeline.load(b / "artifact")
+    assert pa.reference is None and pb.reference is not None
+    assert {k: c.get_params() for k, c in pa.components.items()} == \
+        {k: c.get_params() for k, c in pb.components.items() if k != "reference"}
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
 
 
