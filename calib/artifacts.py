@@ -557,10 +557,15 @@ def _read_manifest(path, cap, key=None):
                                     f"({'not a folder' if path.exists() else 'it does not exist'}).")
     if not mpath.is_file():
         raise ArtifactError(f"Expected an artifact folder with {MANIFEST}, got {str(path)!r} without one.")
-    if mpath.stat().st_size > _MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"Expected {MANIFEST} of at most {_MAX_MANIFEST_BYTES} bytes in {str(path)!r}, got "
-                            f"{mpath.stat().st_size} bytes.")
-    raw = mpath.read_bytes()
+    try:
+        size = mpath.stat().st_size
+        if size > _MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"Expected {MANIFEST} of at most {_MAX_MANIFEST_BYTES} bytes in {str(path)!r}, got "
+                                f"{size} bytes.")
+        raw = mpath.read_bytes()
+    except FileNotFoundError:  # the folder moved between the checks above and the read (a concurrent save)
+        raise ArtifactNotFoundError(f"Expected an artifact folder with {MANIFEST}, got {str(path)!r}: it disappeared "
+                                    "while being read (replaced by a concurrent save?); retry.") from None
     if key is not None:  # before anything else is believed: an edit with recomputed checksums stops here
         _check_signature(path, raw, key)
     try:

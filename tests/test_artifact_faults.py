@@ -392,3 +392,21 @@ def test_temp_folders_of_live_saves_are_left_alone(tmp_path, ident):
     other_host.mkdir()
     save_artifact(ident, tmp_path / "art")
     assert live.is_dir() and other_host.is_dir()
+
+
+def test_an_artifact_that_vanishes_mid_read_is_artifact_not_found(tmp_path, ident, monkeypatch):
+    """A concurrent save may move the folder between the existence checks and the read: the reader gets
+    ArtifactNotFoundError (a FileNotFoundError and an ArtifactError), never a bare FileNotFoundError."""
+    from pathlib import Path
+
+    path = save_artifact(ident, tmp_path / "art")
+    real = Path.read_bytes
+
+    def vanished(self):
+        if self.name == "manifest.json":
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", vanished)
+    with pytest.raises(artifacts.ArtifactNotFoundError, match=r"disappeared while being read"):
+        artifacts._read_manifest(path, artifacts.MAX_LOAD_BYTES)
