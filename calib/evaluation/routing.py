@@ -12,7 +12,7 @@ import numpy as np
 from calib._json import to_json
 from calib._validation import check_labels, check_positive_int, check_probs_labels, check_same_length
 
-__all__ = ["policy_stage", "evaluate_routing", "test_risk_test", "LEVEL"]
+__all__ = ["policy_stage", "evaluate_routing", "routing_sections", "test_risk_test", "LEVEL"]
 
 #: level of the test of the test-split selective risk against the target
 LEVEL = 0.05
@@ -118,8 +118,6 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     """
     from calib import selective
     from calib.evaluation.slices import silent_failure_slices
-    from calib.plotting import FigureSpec
-    from calib.plotting import routing as rplots
 
     _check_policy(policy)
     n_resamples, seed = _check_resampling(n_resamples, seed)
@@ -139,15 +137,31 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     policy.fit(cal_p, cal_y, sets=cal_sets, fallback=cal_fb, groups=cal_groups)
     decision, m = evaluate_routing(policy, test_p, test_y, sets=test_sets, fallback=test_fb,
                                    n_resamples=n_resamples, seed=seed)
-    guarantee = policy.guarantee()
     confidence = getattr(policy, "confidence", "max_prob")  # policies without a confidence score: max-prob
     conf = selective.confidence_scores(test_p, confidence)
-    correct = decision.prediction == test_y
-    answered = np.asarray(decision.actions) == 0
+    return routing_sections(policy, m, decision.actions, decision.prediction, test_y, conf,
+                            lambda target: silent_failure_slices(test_p, test_y, decision.actions, target=target,
+                                                                 groups=test_groups))
+
+
+def routing_sections(policy, metrics, actions, prediction, labels, conf, slices_for):
+    """The policy stage's sections and figure data from a routed test part: ``metrics`` of
+    :func:`calib.evaluation.product_metrics.product_metrics`, each row's action, prediction, label and the
+    policy's confidence score ``conf``; ``slices_for(target)`` returns the silent-failure slice rows tested
+    against ``target``. Shared by :func:`policy_stage` and the out-of-core pipeline (per-row vectors only)."""
+    from calib import selective
+    from calib.plotting import FigureSpec
+    from calib.plotting import routing as rplots
+
+    m = metrics
+    guarantee = policy.guarantee()
+    confidence = getattr(policy, "confidence", "max_prob")
+    correct = np.asarray(prediction) == np.asarray(labels)
+    answered = np.asarray(actions) == 0
     target = guarantee.get("target_risk")
     # slices are tested against the policy's target risk, or (no target) against the overall silent-failure rate
     slice_target = target if target is not None else max(min(m["silent_failure_rate"] or 0.0, 0.999), 1e-3)
-    slices = silent_failure_slices(test_p, test_y, decision.actions, target=slice_target, groups=test_groups)
+    slices = slices_for(slice_target)
     section = {
         "kind": policy.kind,
         **{key: m[key] for key in ("automation_rate", "escalation_rate", "fallback_rate", "selective_risk",

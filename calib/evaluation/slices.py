@@ -18,7 +18,7 @@ from calib.evaluation.set_metrics import check_groups
 from calib.metrics import _bin_index
 from calib.stats import binom_greater_pvalue, holm_adjust  # holm_adjust re-exported: its home is calib.stats
 
-__all__ = ["holm_adjust", "silent_failure_slices"]
+__all__ = ["holm_adjust", "silent_failure_slices", "slices_from_rows"]
 
 
 def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=0.05, n_bins=15, class_names=None):
@@ -50,15 +50,27 @@ def silent_failure_slices(probs, labels, actions, *, target, groups=None, alpha=
             got = f"length {len(class_names)}" if hasattr(class_names, "__len__") else type(class_names).__name__
             raise ValueError(f"Expected class_names with {k} entries (one per column of probs), got {got}.")
     pred = p.argmax(axis=1)
-    conf = p[np.arange(n), pred].astype(np.float64)
+    conf = p[np.arange(n), pred]
+    g = None if groups is None else check_groups(groups, n, length_of="probs")
+    return slices_from_rows(conf, pred, y, a, k, target=target, groups=g, alpha=alpha, n_bins=n_bins,
+                            class_names=class_names)
+
+
+def slices_from_rows(conf, pred, labels, actions, n_classes, *, target, groups=None, alpha=0.05, n_bins=15,
+                     class_names=None):
+    """:func:`silent_failure_slices` from each row's top-label confidence ``conf`` and prediction ``pred``
+    (checked arrays: the entry point of the out-of-core pipeline, which keeps per-row vectors, never (n, k))."""
+    conf = np.asarray(conf).astype(np.float64)
+    y = np.asarray(labels)
+    a = np.asarray(actions)
+    k = int(n_classes)
     hit = pred == y
     answered = a == 0
     silent = answered & ~hit
     bins = _bin_index(conf, n_bins, "width")
     kinds = [("class", y, [str(c) for c in range(k)] if class_names is None else list(class_names))]
     if groups is not None:
-        g = check_groups(groups, n, length_of="probs")
-        uniq, gi = np.unique(g, return_inverse=True)
+        uniq, gi = np.unique(groups, return_inverse=True)
         kinds.append(("group", gi, [str(u) for u in uniq]))
     rows = []
     for kind, idx, names in kinds:

@@ -231,51 +231,6 @@ def _fit_policy_rows(policy, conf, correct, labels, n_classes, fallback):
     return policy
 
 
-def _slices_rows(conf, pred, y, actions, k, *, target, groups=None, alpha=0.05, n_bins=15):
-    """:func:`calib.evaluation.slices.silent_failure_slices` from per-row top-label confidence and prediction."""
-    from calib.stats import binom_greater_pvalue, holm_adjust
-
-    conf = np.asarray(conf).astype(np.float64)
-    a = np.asarray(actions)
-    hit = pred == y
-    answered = a == 0
-    silent = answered & ~hit
-    bins = _metrics._bin_index(conf, n_bins, "width")
-    kinds = [("class", y, [str(c) for c in range(k)])]
-    if groups is not None:
-        uniq, gi = np.unique(groups, return_inverse=True)
-        kinds.append(("group", gi, [str(u) for u in uniq]))
-    rows = []
-    for kind, idx, names in kinds:
-        m = len(names)
-        size = np.bincount(idx, minlength=m)
-        cell = idx * n_bins + bins
-        sconf = np.bincount(cell, weights=conf, minlength=m * n_bins).reshape(m, n_bins)
-        shit = np.bincount(cell, weights=hit, minlength=m * n_bins).reshape(m, n_bins)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ece = np.abs(shit - sconf).sum(axis=1) / size
-            stats = {
-                "accuracy": np.bincount(idx, weights=hit, minlength=m) / size,
-                "coverage": np.bincount(idx, weights=answered, minlength=m) / size,
-                "escalation_rate": np.bincount(idx, weights=a == 1, minlength=m) / size,
-                "silent_failure_rate": np.bincount(idx, weights=silent, minlength=m) / size,
-            }
-        n_silent = np.bincount(idx, weights=silent, minlength=m).astype(np.int64)
-        pval = np.atleast_1d(binom_greater_pvalue(n_silent, size, target))
-        for j in range(m):
-            if size[j] == 0:
-                continue
-            rows.append({"slice_type": kind, "slice": names[j], "n": int(size[j]), "ece": float(ece[j]),
-                         **{key: float(v[j]) for key, v in stats.items()}, "silent_failures": int(n_silent[j]),
-                         "excess_silent_failures": float(n_silent[j] - target * size[j]), "p_value": float(pval[j])})
-    adj = holm_adjust(np.array([r["p_value"] for r in rows]))
-    for r, q in zip(rows, adj):
-        r["p_holm"] = float(q)
-        r["flagged"] = bool(q <= alpha)
-    rows.sort(key=lambda r: -r["excess_silent_failures"])
-    return rows
-
-
 def _set_metrics_rows(size, hit, y, k, alpha, groups, n_calibration, level):
     """:func:`calib.evaluation.set_metrics.set_metrics` of split-conformal sets (law ``n_calibration``) from each
     row's set size and "label in set"."""
@@ -529,7 +484,7 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
             section["k_reg"], section["lam"] = int(conformal.k_reg_), float(conformal.lam_)
         result["conformal"] = section
         ch = np.concatenate(curve_hits)
-        curve_data = _coverage_curve(curve_alphas, ch.mean(axis=0), n_cal, n_test)
+        curve_data = cplots.coverage_band(curve_alphas, ch.mean(axis=0), n_cal, n_test)
         plots["conformal_coverage.png"] = FigureSpec(
             "conformal.plot_coverage_curve", curve_data, size=(5, 4),
             title=f"{conformal.kind}/{conformal.score_name}: coverage vs alpha", title_fontsize=9)
@@ -557,82 +512,14 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
                           n_bins=n_bins, plots=plots, reliability=reliability, reliability_panels=panels)
 
 
-def _coverage_curve(alphas, cov, n, m, level=0.95):
-    """:func:`calib.plotting.conformal.prepare_coverage_curve` from the test coverage at each alpha."""
-    from scipy import stats
-
-    from calib.conformal.quantile import conformal_rank
-    from calib.plotting.conformal import CoverageCurveData
-
-    lo, hi, ex = [], [], []
-    for a in alphas:
-        r = conformal_rank(n, a)
-        if r > n:
-            lo.append(1.0), hi.append(1.0), ex.append(1.0)
-            continue
-        law = stats.betabinom(m, r, n + 1 - r)
-        lo.append(law.ppf((1 - level) / 2) / m), hi.append(law.ppf((1 + level) / 2) / m), ex.append(r / (n + 1))
-    return CoverageCurveData(np.asarray(alphas), np.asarray(cov, dtype=np.float64), np.array(ex), np.array(lo),
-                             np.array(hi), n, m, level)
-
-
 def _policy_sections(policy, actions, prediction, fallback, y, conf, top_conf, pred, k, groups, n_resamples, seed):
     """:func:`calib.evaluation.routing.policy_stage`'s sections and figures from the test rows' routing (per row)."""
-    from calib import selective
-    from calib._json import to_json
     from calib.evaluation.product_metrics import product_metrics
-    from calib.evaluation.routing import _check_resampling, test_risk_test
-    from calib.plotting import FigureSpec
-    from calib.plotting import routing as rplots
+    from calib.evaluation.routing import _check_resampling, routing_sections
+    from calib.evaluation.slices import slices_from_rows
 
     n_resamples, seed = _check_resampling(n_resamples, seed)
     m = product_metrics(actions, prediction, y, fallback, costs=policy.cost_model, n_resamples=n_resamples, seed=seed)
-    guarantee = policy.guarantee()
-    confidence = getattr(policy, "confidence", "max_prob")
-    correct = prediction == y
-    answered = np.asarray(actions) == 0
-    target = guarantee.get("target_risk")
-    slice_target = target if target is not None else max(min(m["silent_failure_rate"] or 0.0, 0.999), 1e-3)
-    slices = _slices_rows(top_conf, pred, y, actions, k, target=slice_target, groups=groups)
-    section = {
-        "kind": policy.kind,
-        **{key: m[key] for key in ("automation_rate", "escalation_rate", "fallback_rate", "selective_risk",
-                                   "selective_accuracy", "silent_failure_rate", "recovery_rate",
-                                   "task_completion_rate", "expected_cost", "expected_time",
-                                   "time_to_correct_output", "model_accuracy", "n")},
-        "ci": m["ci"],
-        "ci_method": m["ci_method"],
-        "guarantee": guarantee,
-        "test_risk_test": (None if target is None else
-                           test_risk_test(int((answered & ~correct).sum()), int(answered.sum()), target)),
-        "costs": policy.cost_model.to_dict(),
-        "slices": {"target": slice_target, "flagged": [r for r in slices if r["flagged"]][:20],
-                   "n_slices": len(slices)},
-    }
-    sel = {
-        "score": confidence,
-        "aurc": selective.aurc(conf, correct),
-        "eaurc": selective.eaurc(conf, correct),
-        "augrc": selective.augrc(conf, correct),
-        "error_detection_auroc": selective.error_detection_auroc(conf, correct),
-    }
-    if target is not None:
-        sel["coverage_at_target_risk"] = selective.coverage_at_risk(conf, correct, target)
-    sel = to_json(sel)
-    thr = getattr(policy, "threshold_", None)
-    rc = rplots.prepare_risk_coverage(conf, correct, threshold=thr if thr is not None and np.isfinite(thr) else None,
-                                      target_risk=target)
-    fr = rplots.prepare_completion_frontier(conf, correct, human_accuracy=policy.cost_model.human_accuracy,
-                                            point=(m["escalation_rate"], m["task_completion_rate"]))
-    plot_data = {
-        "risk_coverage.png": FigureSpec("routing.plot_risk_coverage", rc, kwargs={"label": f"{confidence} (test)"},
-                                        size=(4.5, 3.5), title=f"risk-coverage, policy {policy.kind}",
-                                        title_fontsize=9, tight_layout=True),
-        "completion_frontier.png": FigureSpec("routing.plot_completion_frontier", fr, size=(4.5, 3.5),
-                                              title="task completion vs escalation", title_fontsize=9,
-                                              tight_layout=True),
-        "silent_failure_slices.png": FigureSpec("routing.plot_slices",
-                                                rplots.prepare_slices(slices, target=slice_target),
-                                                size=rplots.slices_figure_size(len(slices)), tight_layout=True),
-    }
-    return {"policy": section, "selective": sel}, plot_data
+    return routing_sections(policy, m, actions, prediction, y, conf,
+                            lambda target: slices_from_rows(top_conf, pred, y, actions, k, target=target,
+                                                            groups=groups))

@@ -16,7 +16,7 @@ from calib.conformal.quantile import conformal_rank
 from calib.conformal.split import SetSizeWarning
 from calib.plotting import axes
 
-__all__ = ["CoverageCurveData", "prepare_coverage_curve", "plot_coverage_curve", "SetSizeData",
+__all__ = ["CoverageCurveData", "prepare_coverage_curve", "coverage_band", "plot_coverage_curve", "SetSizeData",
            "prepare_set_sizes", "plot_set_size_histogram", "ClassCoverageData", "prepare_class_coverage",
            "prepare_class_coverage_rows",
            "plot_class_coverage"]
@@ -60,8 +60,6 @@ class CoverageCurveData:
 def prepare_coverage_curve(predictor_factory, cal_probs, cal_labels, test_probs, test_labels, *, alphas=None,
                            level=0.95, cal_groups=None, test_groups=None):
     """Fit ``predictor_factory(alpha_list)`` once with all alphas; test coverage per alpha and the band."""
-    from scipy import stats
-
     alphas = np.asarray(alphas if alphas is not None else np.linspace(0.02, 0.3, 15), dtype=np.float64)
     with warnings.catch_warnings():
         # the curve sweeps alpha down to 0.02 on purpose: set-size warnings belong to the configured alpha, whose
@@ -71,6 +69,16 @@ def prepare_coverage_curve(predictor_factory, cal_probs, cal_labels, test_probs,
     sets = pred.predict_set(test_probs, groups=test_groups)
     n, m = int(np.asarray(cal_labels).shape[0]), int(np.asarray(test_labels).shape[0])
     cov = np.array([float(_hits(sets[:, :, j], test_labels).mean()) for j in range(alphas.size)])
+    return coverage_band(alphas, cov, n, m, level)
+
+
+def coverage_band(alphas, coverage, n_calibration, n_test, level=0.95):
+    """:class:`CoverageCurveData` from the test coverage at each alpha: the expected split-conformal coverage
+    ``r / (n + 1)`` and the central ``level`` band of its BetaBinomial(m, r, n + 1 - r) law (``r`` the conformal
+    rank; 1 where ``r > n``). The out-of-core pipeline calls it with coverage counted chunk by chunk."""
+    from scipy import stats
+
+    n, m = int(n_calibration), int(n_test)
     lo, hi, ex = [], [], []
     for a in alphas:
         r = conformal_rank(n, a)
@@ -79,7 +87,8 @@ def prepare_coverage_curve(predictor_factory, cal_probs, cal_labels, test_probs,
             continue
         law = stats.betabinom(m, r, n + 1 - r)
         lo.append(law.ppf((1 - level) / 2) / m), hi.append(law.ppf((1 + level) / 2) / m), ex.append(r / (n + 1))
-    return CoverageCurveData(alphas, cov, np.array(ex), np.array(lo), np.array(hi), n, m, level)
+    return CoverageCurveData(np.asarray(alphas, dtype=np.float64), np.asarray(coverage, dtype=np.float64),
+                             np.array(ex), np.array(lo), np.array(hi), n, m, level)
 
 
 def plot_coverage_curve(data: CoverageCurveData, *, ax=None, label="empirical"):
