@@ -42,6 +42,9 @@ def test_statistics_equal_an_independent_recomputation(small):
     assert ref.confusion_.tolist() == confusion
     assert ref.accuracy_ == float(np.mean(p.argmax(1) == y))
     assert ref.exact_ and np.array_equal(ref.confidence_, np.sort(p.max(1).astype(np.float64)))
+    # each kept confidence carries its own row's correctness: as multisets, (confidence, correct) pairs agree
+    pairs = sorted(zip(p.max(1).astype(np.float64).tolist(), (p.argmax(1) == y).tolist()))
+    assert sorted(zip(ref.confidence_.tolist(), ref.confidence_correct_.tolist())) == pairs
     np.testing.assert_allclose(ref.source_prior_, np.array(counts) / len(y))
     # ATC: the share of calibration rows above the threshold is the calibration accuracy (to one row)
     above = int((p.max(1) > ref.atc_threshold_).sum())
@@ -68,13 +71,18 @@ def test_large_sets_keep_a_quantile_sketch(real):
     q = (np.arange(500) + 0.5) / 500
     idx = np.ceil(q * len(conf)).astype(int) - 1
     np.testing.assert_array_equal(ref.confidence_, conf[idx])
+    # the flag of each kept point is that of the row holding that value (ties: a row with that value)
+    pm, ok = p.max(1).astype(np.float64), p.argmax(1) == y
+    for v, c in zip(ref.confidence_[::50], ref.confidence_correct_[::50]):
+        assert c in set(ok[pm == v].tolist())
     assert ref.n_calibration_ == len(y) and int(ref.confusion_.sum()) == len(y)
 
 
 def test_state_round_trip_is_bit_for_bit(real):
     ref = ReferenceStats().fit(*real[:2], probs=real[2], rates={"automation": 0.6})
     back = ReferenceStats.from_state(ref.get_params(), *ref.get_state())
-    for name in ("class_counts_", "confusion_", "confidence_", "novelty_max_logit_", "novelty_energy_"):
+    for name in ("class_counts_", "confusion_", "confidence_", "confidence_correct_", "novelty_max_logit_",
+                 "novelty_energy_"):
         assert np.array_equal(getattr(back, name), getattr(ref, name)), name
     assert (back.accuracy_, back.atc_threshold_, back.exact_, back.rates_) == \
         (ref.accuracy_, ref.atc_threshold_, ref.exact_, ref.rates_)
@@ -112,6 +120,11 @@ EDITS = [
     ("confusion-column-sums", None, lambda a: (a["confusion"].__setitem__((0, 0), a["confusion"][0, 0] + 1),
                                                a["confusion"].__setitem__((0, 1), a["confusion"][0, 1] - 1)),
      "confusion"),
+    ("correct-count", None, lambda a: a["confidence_correct"].__setitem__(
+        int(np.flatnonzero(a["confidence_correct"])[0]), False), "confidence_correct"),
+    ("correct-missing", None, lambda a: a.pop("confidence_correct"), "confidence_correct"),
+    ("correct-float", None, lambda a: a.__setitem__("confidence_correct", a["confidence_correct"].astype(float)),
+     "confidence_correct"),
     ("extra-field", lambda s: _set(s, "temperature", 1.0), None, "temperature"),
     ("extra-array", None, lambda a: a.__setitem__("weights", np.ones(4)), "weights"),
 ]
@@ -195,7 +208,8 @@ def test_reference_round_trips_through_the_artifact_as_schema_3(pipe, tmp_path, 
     path = pipe.save(tmp_path / "art")
     assert json.loads((path / "manifest.json").read_text())["schema_version"] == 3
     back = (FittedPipeline.load if loader == "FittedPipeline" else calib.runtime.load)(path)
-    for name in ("class_counts_", "confusion_", "confidence_", "novelty_max_logit_", "novelty_energy_"):
+    for name in ("class_counts_", "confusion_", "confidence_", "confidence_correct_", "novelty_max_logit_",
+                 "novelty_energy_"):
         assert np.array_equal(getattr(back.reference, name), getattr(pipe.reference, name)), name
     assert back.reference.rates_ == pipe.reference.rates_ and back.verify()["ok"]
 

@@ -14,6 +14,7 @@ The shift *report* of an experiment (which guarantees break when the test distri
 the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
 """
 
+from calib.shift.adapt import WeightedThreshold, reweight_policy
 from calib.shift.conformal import LabelShiftConformal, weighted_conformal_thresholds
 from calib.shift.label_shift import LabelShiftEstimate, adjust_probs, estimate_label_shift
 from calib.shift.monitor import (NOVELTY_SCORES, AccuracyEstimate, benjamini_hochberg, drift_tests, estimate_accuracy,
@@ -29,4 +30,4 @@ CONFORMAL_REGISTRY = {LabelShiftConformal.kind: LabelShiftConformal}
 __all__ = ["REGISTRY", "CONFORMAL_REGISTRY", "ReferenceStats", "novelty_scores", "NOVELTY_SCORES",
            "LabelShiftConformal", "weighted_conformal_thresholds", "AccuracyEstimate", "estimate_accuracy",
            "drift_tests", "novelty_pvalues", "benjamini_hochberg", "flagged_by_class", "LabelShiftEstimate",
-           "estimate_label_shift", "adjust_probs"]
+           "estimate_label_shift", "adjust_probs", "reweight_policy", "WeightedThreshold"]

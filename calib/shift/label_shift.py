@@ -33,6 +33,7 @@ from calib._validation import (
     check_probs,
 )
 from calib.base import ConvergenceWarning
+from calib.shift.reference import check_reference
 
 __all__ = [
     "MAX_CONDITION",
@@ -116,23 +117,32 @@ def _check_seed(seed):
     return int(seed)
 
 
-def _validate(cal_probs, cal_labels, target_probs):
-    pc, pred_c = check_probs(cal_probs, "cal_probs", return_argmax=True)
-    n_c, k = pc.shape
-    y = check_labels(cal_labels, "cal_labels", n_samples=n_c, n_classes=k, rows_of="cal_probs")
+def _check_target(target_probs, k, against):
     t = as_array(target_probs, "target_probs")
     if t.ndim == 2 and t.shape[1] != k:
-        raise ValueError(f"Expected target_probs with {k} classes (as cal_probs), got {t.shape[1]} columns "
+        raise ValueError(f"Expected target_probs with {k} classes (as {against}), got {t.shape[1]} columns "
                          f"(shape {t.shape}).")
     pt, pred_t = check_probs(t, "target_probs", n_classes=k, return_argmax=True)
     if pt.shape[0] < MIN_TARGET_ROWS:
         raise ValueError(f"Expected target_probs with at least {MIN_TARGET_ROWS} rows to estimate a {k}-class "
                          f"target prior, got n_target={pt.shape[0]}; collect more unlabeled target rows.")
-    counts = np.bincount(y, minlength=k)
+    return pt, pred_t
+
+
+def _check_counts(counts, where):
     missing = np.flatnonzero(counts == 0)
     if missing.size:
-        raise ValueError(f"Expected every class in cal_labels (the source prior divides the weights), got "
-                         f"{missing.size} of {k} classes with no calibration row: {missing[:10].tolist()}.")
+        raise ValueError(f"Expected every class in {where} (the source prior divides the weights), got "
+                         f"{missing.size} of {counts.size} classes with no calibration row: {missing[:10].tolist()}.")
+
+
+def _validate(cal_probs, cal_labels, target_probs):
+    pc, pred_c = check_probs(cal_probs, "cal_probs", return_argmax=True)
+    n_c, k = pc.shape
+    y = check_labels(cal_labels, "cal_labels", n_samples=n_c, n_classes=k, rows_of="cal_probs")
+    pt, pred_t = _check_target(target_probs, k, "cal_probs")
+    counts = np.bincount(y, minlength=k)
+    _check_counts(counts, "cal_labels")
     return pc, pred_c, y, pt, pred_t, counts
 
 
@@ -200,15 +210,13 @@ def _em_point(pt, source, *, tol, max_iter):
 
 # ---------------------------------------------------------------- BBSE (Lipton et al. 2018)
 
-def _confusion(pc, pred_c, y, k, soft):
-    """C[i, j] = P(yhat = i, y = j) on the calibration rows (soft: E[p_i(x) 1{y = j}])."""
-    n = pc.shape[0]
-    if soft:
-        c = np.empty((k, k))
-        for j in range(k):  # a loop over classes, not rows
-            c[:, j] = pc[y == j].sum(axis=0, dtype=np.float64)
-        return c / n
-    return np.bincount(pred_c * k + y, minlength=k * k).reshape(k, k) / n
+def _soft_confusion(pc, y, k):
+    """C[i, j] = E[p_i(x) 1{y = j}] on the calibration rows (the hard C[i, j] = P(yhat = i, y = j) is the
+    confusion counts / n)."""
+    c = np.empty((k, k))
+    for j in range(k):  # a loop over classes, not rows
+        c[:, j] = pc[y == j].sum(axis=0, dtype=np.float64)
+    return c / pc.shape[0]
 
 
 def _bbse_solve(c, mu, source):
@@ -239,13 +247,13 @@ def _row_counts(rng, n, b):
     return np.bincount(idx.ravel(), minlength=b * n).reshape(n, b).astype(np.float64)
 
 
-def _bootstrap(method, pc, pred_c, y, pt, pred_t, counts, k, *, n_bootstrap, seed, soft, tol, max_iter, start):
+def _bootstrap(method, pc, y, pt, pred_t, counts, cells, k, *, n_bootstrap, seed, soft, tol, max_iter, start):
     """Prior and weight replicates (B, k) from resampling calibration and target rows independently (with
     replacement, the same sizes). Hard-prediction quantities are drawn from the equivalent multinomials of
     the cell counts; row-level quantities from row multiplicities. Returns (priors, weights, n_dropped,
     n_unconverged)."""
     rng = np.random.default_rng([seed, 15, 1])  # its own stream: the point estimate draws nothing
-    n_c, n_t = pc.shape[0], pt.shape[0]
+    n_c, n_t = int(counts.sum()), pt.shape[0]
     priors = np.full((n_bootstrap, k), np.nan)
     dropped = unconverged = 0
     if method == "em":
@@ -265,7 +273,7 @@ def _bootstrap(method, pc, pred_c, y, pt, pred_t, counts, k, *, n_bootstrap, see
         by_class = [np.flatnonzero(y == j) for j in range(k)] if soft else None
         pc64 = np.asarray(pc, dtype=np.float64) if soft else None
         pt64 = np.asarray(pt, dtype=np.float64) if soft else None
-        cells = np.bincount(pred_c * k + y, minlength=k * k) / n_c
+        cells = cells / n_c
         shares = np.bincount(pred_t, minlength=k) / n_t
         source_b = np.empty((n_bootstrap, k))
         ok = np.zeros(n_bootstrap, dtype=bool)
@@ -298,8 +306,9 @@ def _bootstrap(method, pc, pred_c, y, pt, pred_t, counts, k, *, n_bootstrap, see
 
 # ---------------------------------------------------------------- public
 
-def estimate_label_shift(cal_probs, cal_labels, target_probs, *, method="em", confidence=0.95, seed=0,
-                         n_bootstrap=200, soft=False, tol=1e-10, max_iter=10_000, on_singular="raise"):
+def estimate_label_shift(cal_probs=None, cal_labels=None, target_probs=None, *, reference=None, method="em",
+                         confidence=0.95, seed=0, n_bootstrap=200, soft=False, tol=1e-10, max_iter=10_000,
+                         on_singular="raise"):
     """Estimate the target class prior under label shift, with importance weights and a bootstrap interval.
 
     Parameters
@@ -308,6 +317,10 @@ def estimate_label_shift(cal_probs, cal_labels, target_probs, *, method="em", co
         source prior is the class frequencies of ``cal_labels``; every class must occur.
     target_probs : (m, k) probabilities of the same calibrated model on unlabeled target rows,
         ``m >= MIN_TARGET_ROWS`` (20): fewer is refused with an error naming ``n_target``.
+    reference : a fitted :class:`calib.shift.ReferenceStats` (e.g. ``FittedPipeline.load(...).reference``) in
+        place of ``cal_probs`` / ``cal_labels``: its class counts are the source prior and its confusion matrix
+        (top label of the calibrated probabilities) is BBSE's; the estimate and its bootstrap are then exactly
+        those from the calibration arrays (same seed, same numbers). ``soft=True`` needs the arrays.
     method : ``"em"`` (Saerens et al. 2002) or ``"bbse"`` (Lipton et al. 2018).
 
         - EM iterates ``pi <- mean_i p'(y | x_i)`` with ``p'(y | x) ∝ (pi(y) / source(y)) p(y | x)`` from
@@ -355,8 +368,23 @@ def estimate_label_shift(cal_probs, cal_labels, target_probs, *, method="em", co
     max_iter = check_positive_int(max_iter, "max_iter")
     if not isinstance(soft, bool):
         raise TypeError(f"Expected soft as a bool, got {type(soft).__name__} {soft!r}.")
-    pc, pred_c, y, pt, pred_t, counts = _validate(cal_probs, cal_labels, target_probs)
-    n_c, k = pc.shape
+    if target_probs is None:
+        raise TypeError("Expected target_probs (the unlabeled target rows' calibrated probabilities), got None.")
+    ref = check_reference(reference, {"cal_probs": cal_probs, "cal_labels": cal_labels})
+    if ref is None:
+        pc, pred_c, y, pt, pred_t, counts = _validate(cal_probs, cal_labels, target_probs)
+        n_c, k = pc.shape
+        cells = np.bincount(pred_c * k + y, minlength=k * k)
+    else:
+        if soft:
+            raise ValueError("Expected soft=False with reference=: the soft confusion matrix needs the calibration "
+                             "probabilities, which the reference does not store (its confusion matrix is hard).")
+        k, n_c = ref.n_classes_, ref.n_calibration_
+        pt, pred_t = _check_target(target_probs, k, "the reference")
+        counts = ref.class_counts_
+        _check_counts(counts, "the reference's class counts")
+        cells = ref.confusion_.ravel()
+        pc = pred_c = y = None
     n_t = pt.shape[0]
     source = counts / n_c
     notes = []
@@ -364,7 +392,7 @@ def estimate_label_shift(cal_probs, cal_labels, target_probs, *, method="em", co
     converged, n_iter = True, 0
 
     if method == "bbse":
-        c = _confusion(pc, pred_c, y, k, soft)
+        c = _soft_confusion(pc, y, k) if soft else cells.reshape(k, k) / n_c
         cond, rank = _conditioning(c)
         never = np.flatnonzero(c.sum(axis=1) == 0)
         if rank < k or not np.isfinite(cond) or cond > MAX_CONDITION:
@@ -400,7 +428,7 @@ def estimate_label_shift(cal_probs, cal_labels, target_probs, *, method="em", co
     lo_p = hi_p = lo_w = hi_w = nan
     if n_bootstrap:
         boot_p, boot_w, dropped, unconv = _bootstrap(
-            method, pc, pred_c, y, pt, pred_t, counts, k, n_bootstrap=n_bootstrap, seed=seed, soft=soft,
+            method, pc, y, pt, pred_t, counts, cells, k, n_bootstrap=n_bootstrap, seed=seed, soft=soft,
             tol=max(tol, BOOTSTRAP_TOL), max_iter=max_iter, start=prior)
         kept = n_bootstrap - dropped
         if dropped:

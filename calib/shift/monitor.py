@@ -35,7 +35,7 @@ from calib._validation import (
     check_probs,
     check_probs_labels,
 )
-from calib.shift.reference import _atc_threshold, novelty_scores
+from calib.shift.reference import _atc_threshold, check_reference, novelty_scores
 
 __all__ = [
     "ACCURACY_METHODS",
@@ -93,20 +93,33 @@ def _scores(p, score):
         return np.where(p64 > 0, p64 * np.log(p64), 0.0).sum(axis=1)
 
 
+def _target_share(rng, s_tgt_sorted, t_b, m):
+    """Share of target rows above each threshold in ``t_b`` in a resample of the m target rows: the count above
+    t_b among m rows drawn with replacement is Binomial(m, share above t_b), drawn directly (no (B, m) array)."""
+    share = 1.0 - np.searchsorted(s_tgt_sorted, t_b, side="right") / m
+    return rng.binomial(m, np.clip(share, 0.0, 1.0)) / m
+
+
 def _check_n_bootstrap(n_bootstrap):
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral) or n_bootstrap < 0:
         raise ValueError(f"Expected n_bootstrap as an integer >= 0 (0 skips the interval), got {n_bootstrap!r}.")
     return int(n_bootstrap)
 
 
-def estimate_accuracy(cal_probs, cal_labels, target_probs, *, method="atc", score="max_prob",
-                      confidence=0.95, n_bootstrap=200, seed=0) -> AccuracyEstimate:
+def estimate_accuracy(cal_probs=None, cal_labels=None, target_probs=None, *, reference=None, method="atc",
+                      score="max_prob", confidence=0.95, n_bootstrap=200, seed=0) -> AccuracyEstimate:
     """Estimate the accuracy of the argmax prediction on an unlabeled target batch.
 
     Parameters
     ----------
     cal_probs, cal_labels : (n, k) calibrated probabilities and labels of the calibration (reference) rows.
     target_probs : (m, k) calibrated probabilities of the target batch (no labels).
+    reference : a fitted :class:`calib.shift.ReferenceStats` in place of ``cal_probs`` / ``cal_labels`` (what a
+        deployed artifact carries). ATC then uses the stored threshold (computed on every calibration row) and
+        ``score="max_prob"`` only; its bootstrap draws ``n_calibration`` rows from the stored (confidence,
+        correct) pairs (all rows, or the quantile sketch). The estimate equals the one from the arrays; the
+        interval has the same law (other random draws) when every row is stored, and that of the sketch's
+        rows otherwise.
     method : ``"atc"`` (default) or ``"average_confidence"``.
         ``average_confidence``: the mean top-label probability of the target rows (right when the
         probabilities are calibrated *on the target distribution*; it inherits any miscalibration the shift
@@ -134,12 +147,22 @@ def estimate_accuracy(cal_probs, cal_labels, target_probs, *, method="atc", scor
     check_choice(score, "score", ACCURACY_SCORES)
     confidence = check_fraction(confidence, "confidence")
     n_bootstrap = _check_n_bootstrap(n_bootstrap)
-    p_cal, y_cal, pred_cal = check_probs_labels(cal_probs, cal_labels, return_argmax=True)
-    k = p_cal.shape[1]
+    if target_probs is None:
+        raise TypeError("Expected target_probs (the target batch's calibrated probabilities), got None.")
+    ref = check_reference(reference, {"cal_probs": cal_probs, "cal_labels": cal_labels})
+    if ref is None:
+        p_cal, y_cal, pred_cal = check_probs_labels(cal_probs, cal_labels, return_argmax=True)
+        k, n = p_cal.shape[1], p_cal.shape[0]
+        correct = pred_cal == y_cal
+        n_correct = int(correct.sum())
+    else:
+        if method == "atc" and score != "max_prob":
+            raise ValueError(f"Expected score='max_prob' with reference= (the reference stores top-label "
+                             f"confidences only), got score={score!r}; pass the calibration arrays for {score!r}.")
+        k, n = ref.n_classes_, ref.n_calibration_
+        n_correct = int(np.trace(ref.confusion_))
     p_tgt = check_probs(target_probs, "target_probs", n_classes=k)
-    n, m = p_cal.shape[0], p_tgt.shape[0]
-    correct = pred_cal == y_cal
-    n_correct = int(correct.sum())
+    m = p_tgt.shape[0]
     cal_acc = n_correct / n
     notes = []
     rng = np.random.default_rng(seed)
@@ -153,17 +176,26 @@ def estimate_accuracy(cal_probs, cal_labels, target_probs, *, method="atc", scor
             notes.append(f"score={score!r} is used by ATC only: average_confidence averages the top-label probability")
     else:
         used_score = score
-        s_cal_raw = _scores(p_cal, score)
-        s_cal = np.sort(s_cal_raw)
+        if ref is None:
+            s_cal_raw = _scores(p_cal, score)
+            s_cal = np.sort(s_cal_raw)
+            threshold = _atc_threshold(s_cal, n_correct)
+        else:
+            s_cal = ref.confidence_
+            # stored as max(0, t): every top-label confidence (>= 1/k) lies above both 0 and -inf
+            threshold = ref.atc_threshold_ if n_correct < n else -np.inf
         s_tgt = _scores(p_tgt, score)
-        threshold = _atc_threshold(s_cal, n_correct)
         estimate = float(np.count_nonzero(s_tgt > threshold) / m)
-        above = int(np.count_nonzero(s_cal > threshold))
-        if above != n_correct:
-            notes.append(f"ties in the calibration {score} scores: {above} of {n} rows lie above the ATC threshold, "
-                         f"{n_correct} are correct")
+        if ref is None or ref.exact_:
+            above = int(np.count_nonzero(s_cal > threshold))
+            if above != n_correct:
+                notes.append(f"ties in the calibration {score} scores: {above} of {n} rows lie above the ATC "
+                             f"threshold, {n_correct} are correct")
         if n_correct == n:
             notes.append("every calibration row is correct: the ATC threshold is -inf and the estimate 1")
+        if ref is not None and not ref.exact_:
+            notes.append(f"calibration resampled from the reference's {s_cal.size}-point quantile sketch of "
+                         f"{n} rows")
 
     low = high = float("nan")
     if n_bootstrap == 0:
@@ -182,15 +214,27 @@ def estimate_accuracy(cal_probs, cal_labels, target_probs, *, method="atc", scor
                 boot[b0:b1] = s_tgt[idx].mean(axis=1)
         else:
             s_tgt_sorted = np.sort(s_tgt)
-            per = max(1, _BOOT_ELEMENTS // n)
-            for b0 in range(0, n_bootstrap, per):
-                b1 = min(b0 + per, n_bootstrap)
-                idx = rng.integers(0, n, size=(b1 - b0, n))
-                t_b = _atc_threshold(np.sort(s_cal_raw[idx], axis=1), correct[idx].sum(axis=1))
-                # share of target rows above t_b in the original batch; the count above t_b among m rows drawn
-                # with replacement is then exactly Binomial(m, that share): the target resample, without (B, m)
-                share = 1.0 - np.searchsorted(s_tgt_sorted, t_b, side="right") / m
-                boot[b0:b1] = rng.binomial(m, np.clip(share, 0.0, 1.0)) / m
+            if ref is None:
+                per = max(1, _BOOT_ELEMENTS // n)
+                for b0 in range(0, n_bootstrap, per):
+                    b1 = min(b0 + per, n_bootstrap)
+                    idx = rng.integers(0, n, size=(b1 - b0, n))
+                    t_b = _atc_threshold(np.sort(s_cal_raw[idx], axis=1), correct[idx].sum(axis=1))
+                    boot[b0:b1] = _target_share(rng, s_tgt_sorted, t_b, m)
+            else:
+                # n rows drawn from the stored pairs: multinomial counts per (sorted) point, no (B, n) array
+                flags = ref.confidence_correct_
+                size = s_cal.size
+                per = max(1, _BOOT_ELEMENTS // size)
+                for b0 in range(0, n_bootstrap, per):
+                    b1 = min(b0 + per, n_bootstrap)
+                    cnt = rng.multinomial(n, np.full(size, 1.0 / size), size=b1 - b0)
+                    c_b = cnt @ flags.astype(np.int64)
+                    pos = n - c_b - 1  # 0-based position of the ATC threshold in the resample's sorted scores
+                    cum = np.cumsum(cnt, axis=1)
+                    at = np.minimum((cum <= pos[:, None]).sum(axis=1), size - 1)
+                    t_b = np.where(pos < 0, -np.inf, s_cal[at])
+                    boot[b0:b1] = _target_share(rng, s_tgt_sorted, t_b, m)
         tail = (1.0 - confidence) / 2.0
         low, high = (float(v) for v in np.quantile(boot, [tail, 1.0 - tail]))
     return AccuracyEstimate(estimate=estimate, low=low, high=high, method=method, score=used_score,
@@ -207,7 +251,7 @@ def _chi2_homogeneity(counts):
     return ((counts - expected) ** 2 / expected).sum(axis=(-2, -1))
 
 
-def drift_tests(cal_probs, target_probs, *, alpha=0.05, n_permutations=2000, seed=0):
+def drift_tests(cal_probs=None, target_probs=None, *, reference=None, alpha=0.05, n_permutations=2000, seed=0):
     """Tests of "the target batch comes from the calibration distribution", from probabilities alone.
 
     Returns a list of dict rows ``{test, statistic, p_value, p_holm, drift, what}``:
@@ -218,6 +262,11 @@ def drift_tests(cal_probs, target_probs, *, alpha=0.05, n_permutations=2000, see
       (calibration vs target; classes nobody predicts dropped). When some expected count is below 5 the
       p-value is a seeded conditional Monte Carlo test instead (``n_permutations`` tables drawn with the
       margins fixed, multivariate hypergeometric; ``p = (1 + #{chi2_b >= chi2}) / (n_permutations + 1)``).
+
+    ``reference``: a fitted :class:`calib.shift.ReferenceStats` in place of ``cal_probs``: its predicted-class
+    counts (the confusion matrix's row sums) and its confidence sample. Exact when the reference holds every
+    calibration row; with a quantile sketch the KS test compares against the sketch's points as a sample of
+    their number (fewer than the calibration rows: a less powerful, not an anti-conservative test).
 
     ``drift`` is ``p_value < alpha`` for that test alone; ``p_holm`` is Holm-adjusted over the rows
     (:func:`calib.stats.holm_adjust`): raise one alarm for the batch when any ``p_holm < alpha``. Both tests
@@ -230,17 +279,27 @@ def drift_tests(cal_probs, target_probs, *, alpha=0.05, n_permutations=2000, see
 
     alpha = check_fraction(alpha, "alpha")
     n_permutations = check_positive_int(n_permutations, "n_permutations")
-    p_cal, pred_cal = check_probs(cal_probs, "cal_probs", return_argmax=True)
-    k = p_cal.shape[1]
+    if target_probs is None:
+        raise TypeError("Expected target_probs (the target batch's calibrated probabilities), got None.")
+    ref = check_reference(reference, {"cal_probs": cal_probs})
+    if ref is None:
+        p_cal, pred_cal = check_probs(cal_probs, "cal_probs", return_argmax=True)
+        k = p_cal.shape[1]
+        conf_cal = np.take_along_axis(p_cal, pred_cal[:, None], axis=1)[:, 0].astype(np.float64)
+        pred_counts = np.bincount(pred_cal, minlength=k)
+        source = f"{p_cal.shape[0]} calibration"
+    else:
+        k, conf_cal, pred_counts = ref.n_classes_, ref.confidence_, ref.confusion_.sum(axis=1)
+        source = (f"{ref.n_calibration_} calibration" if ref.exact_ else
+                  f"a {conf_cal.size}-point quantile sketch of {ref.n_calibration_} calibration")
     p_tgt, pred_tgt = check_probs(target_probs, "target_probs", n_classes=k, return_argmax=True)
-    n, m = p_cal.shape[0], p_tgt.shape[0]
-    conf_cal = np.take_along_axis(p_cal, pred_cal[:, None], axis=1)[:, 0].astype(np.float64)
+    m = p_tgt.shape[0]
     conf_tgt = np.take_along_axis(p_tgt, pred_tgt[:, None], axis=1)[:, 0].astype(np.float64)
     ks = ks_2samp(conf_cal, conf_tgt)
     rows = [{"test": "ks_confidence", "statistic": float(ks.statistic), "p_value": float(ks.pvalue),
-             "what": f"largest gap between the top-label confidence CDFs of {n} calibration and {m} target rows"}]
+             "what": f"largest gap between the top-label confidence CDFs of {source} and {m} target rows"}]
 
-    table = np.stack([np.bincount(pred_cal, minlength=k), np.bincount(pred_tgt, minlength=k)])
+    table = np.stack([pred_counts, np.bincount(pred_tgt, minlength=k)])
     table = table[:, table.sum(axis=0) > 0]
     c = table.shape[1]
     if c < 2:
@@ -281,7 +340,8 @@ def _knn_distance(reference, x, n_neighbors):
     return out
 
 
-def novelty_pvalues(cal_logits, target_logits, *, score="energy", n_neighbors=10, reference_fraction=0.5, seed=0):
+def novelty_pvalues(cal_logits=None, target_logits=None, *, reference=None, score="energy", n_neighbors=10,
+                    reference_fraction=0.5, seed=0):
     """Conformal p-value of each target item against the calibration rows (Bates et al. 2023, marginal).
 
     With novelty scores ``s`` (large = unusual) and the ``n`` calibration rows that score them,
@@ -302,14 +362,30 @@ def novelty_pvalues(cal_logits, target_logits, *, score="energy", n_neighbors=10
 
     Validity needs only the inliers' exchangeability with the calibration rows; the power depends on the score.
 
+    ``reference``: a fitted :class:`calib.shift.ReferenceStats` in place of ``cal_logits`` (``max_logit`` and
+    ``energy`` only: ``knn`` needs the calibration logits, which an artifact does not store). When it holds
+    every calibration row the p-values are those from the logits, exactly; with a quantile sketch of ``s``
+    points they are ``(1 + #{sketch points >= s_j}) / (s + 1)``, within about ``1 / s`` of the exact ones.
+
     >>> novelty_pvalues(np.array([[0.0, 3.0], [0.0, 1.0], [0.0, 2.0]]), np.array([[0.0, 5.0], [0.0, 0.5]]),
     ...                 score="max_logit").tolist()
     [1.0, 0.25]
     """
     check_choice(score, "score", NOVELTY_SCORES)
-    z_cal = check_logits(cal_logits, "cal_logits")
-    z_tgt = check_logits(target_logits, "target_logits", n_classes=z_cal.shape[1])
-    if score == "knn":
+    if target_logits is None:
+        raise TypeError("Expected target_logits (the target batch's logits), got None.")
+    ref = check_reference(reference, {"cal_logits": cal_logits})
+    if ref is not None:
+        if score == "knn":
+            raise ValueError("Expected score='energy' or 'max_logit' with reference=: score='knn' needs the "
+                             "calibration logits, which the reference (and so the artifact) does not store.")
+        z_tgt = check_logits(target_logits, "target_logits", n_classes=ref.n_classes_)
+        s_cal = getattr(ref, f"novelty_{score}_")
+        s_tgt = novelty_scores(z_tgt, score)
+    else:
+        z_cal = check_logits(cal_logits, "cal_logits")
+        z_tgt = check_logits(target_logits, "target_logits", n_classes=z_cal.shape[1])
+    if ref is None and score == "knn":
         n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
         reference_fraction = check_fraction(reference_fraction, "reference_fraction")
         n_ref = round(reference_fraction * z_cal.shape[0])
@@ -320,10 +396,10 @@ def novelty_pvalues(cal_logits, target_logits, *, score="energy", n_neighbors=10
                 f"{z_cal.shape[0] - n_ref} scoring rows (need >= 1)."
             )
         perm = np.random.default_rng(seed).permutation(z_cal.shape[0])
-        ref = z_cal[perm[:n_ref]]
-        s_cal = np.sort(_knn_distance(ref, z_cal[perm[n_ref:]], n_neighbors))
-        s_tgt = _knn_distance(ref, z_tgt, n_neighbors)
-    else:
+        base = z_cal[perm[:n_ref]]
+        s_cal = np.sort(_knn_distance(base, z_cal[perm[n_ref:]], n_neighbors))
+        s_tgt = _knn_distance(base, z_tgt, n_neighbors)
+    elif ref is None:
         s_cal = np.sort(novelty_scores(z_cal, score))
         s_tgt = novelty_scores(z_tgt, score)
     n = s_cal.shape[0]

@@ -8,6 +8,8 @@ calibration logits, their calibrated probabilities and labels. Its state is smal
   the calibrated probabilities), the matrix black-box shift estimation inverts (Lipton et al. 2018);
 - ``confidence`` : the calibrated top-label confidences, sorted; all of them when there are at most
   ``sample_size`` rows, else a quantile sketch (the ``(i + 0.5) / sample_size`` quantiles, ``exact`` False);
+  ``confidence_correct``: whether the row behind each kept confidence is predicted right (ATC's bootstrap
+  resamples these pairs);
 - ``novelty_max_logit``, ``novelty_energy``: the same for two novelty scores of the *logits* (larger = more
   unusual): ``-max_j z_j`` and ``-logsumexp(z)`` (Liu et al. 2020), the reference of conformal novelty p-values;
 - ``accuracy`` (calibration accuracy of the calibrated top label) and ``atc_threshold``: the confidence ``t``
@@ -31,7 +33,7 @@ import numpy as np
 from calib._validation import check_labels, check_logits, check_positive_int, check_probs
 from calib.base import Component, state_array, state_error, state_scalar
 
-__all__ = ["ReferenceStats", "novelty_scores", "NOVELTY_SCORES"]
+__all__ = ["ReferenceStats", "check_reference", "novelty_scores", "NOVELTY_SCORES"]
 
 #: novelty scores of logits, larger = more unusual
 NOVELTY_SCORES = ("max_logit", "energy")
@@ -48,12 +50,22 @@ def novelty_scores(logits, score="max_logit"):
     return -(m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
 
 
-def _sketch(values, size):
-    """All values sorted (``exact``), or the ``(i + 0.5) / size`` quantiles when there are more than ``size``."""
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    if v.size <= size:
-        return v, True
-    return np.quantile(v, (np.arange(size) + 0.5) / size, method="inverted_cdf"), False
+def _sketch_rows(n, size):
+    """Positions (in ascending order of the values) of the rows a sketch keeps: all ``n`` when ``n <= size``,
+    else the ``(i + 0.5) / size`` quantiles (inverted CDF: the ``ceil(q n)``-th smallest row)."""
+    if n <= size:
+        return np.arange(n)
+    return np.ceil((np.arange(size) + 0.5) / size * n).astype(np.int64) - 1
+
+
+def _sketch(values, size, *, with_order=False):
+    """All values sorted (``exact``), or the ``(i + 0.5) / size`` quantiles when there are more than ``size``;
+    ``with_order``: also the row index of each kept value (so per-row flags can follow it)."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    keep = order[_sketch_rows(v.size, size)]
+    out = (v[keep], v.size <= size)
+    return out + (keep,) if with_order else out
 
 
 def _atc_threshold(sorted_scores, n_correct):
@@ -113,7 +125,9 @@ class ReferenceStats(Component):
         self.confusion_ = np.zeros((k, k), dtype=np.int64)
         np.add.at(self.confusion_, (pred, y), 1)
         self.accuracy_ = float(np.trace(self.confusion_) / n)
-        self.confidence_, self.exact_ = _sketch(conf, self.sample_size)
+        self.confidence_, self.exact_, rows = _sketch(conf, self.sample_size, with_order=True)
+        # whether each kept row's prediction is right: ATC's bootstrap resamples (confidence, correct) pairs
+        self.confidence_correct_ = (pred == y)[rows]
         self.novelty_max_logit_, _ = _sketch(novelty_scores(x, "max_logit"), self.sample_size)
         self.novelty_energy_, _ = _sketch(novelty_scores(x, "energy"), self.sample_size)
         # 0.0 when every row is correct: every confidence (>= 1/k) lies above it
@@ -150,6 +164,7 @@ class ReferenceStats(Component):
                  "n_calibration": self.n_calibration_}
         state.update({f"rate_{name}": value for name, value in sorted(self.rates_.items())})
         arrays = {"class_counts": self.class_counts_, "confusion": self.confusion_, "confidence": self.confidence_,
+                  "confidence_correct": self.confidence_correct_,
                   "novelty_max_logit": self.novelty_max_logit_, "novelty_energy": self.novelty_energy_}
         return state, arrays
 
@@ -179,10 +194,34 @@ class ReferenceStats(Component):
             raise state_error(cls, "accuracy", f"equal to trace(confusion) / n = {np.trace(confusion) / n!r}",
                               repr(accuracy))
         atc = state_scalar(state, "atc_threshold", float, minimum=0.0, maximum=1.0, owner=cls)
+        correct = state_array(arrays, "confidence_correct", shape=(size,), kind="b", owner=cls)
+        if exact and int(correct.sum()) != int(np.trace(confusion)):
+            raise state_error(cls, "confidence_correct", f"with {int(np.trace(confusion))} True entries (the trace of "
+                              "confusion: every calibration row is kept)", f"{int(correct.sum())}")
         rates = {}
         for key in [key for key in state if isinstance(key, str) and key.startswith("rate_")]:
             rates[key[5:]] = state_scalar(state, key, float, minimum=0.0, maximum=1.0, owner=cls)
         self._check_rates(rates)
         self.n_calibration_, self.class_counts_, self.confusion_, self.exact_ = n, counts, confusion, exact
         self.confidence_, self.accuracy_, self.atc_threshold_, self.rates_ = conf, accuracy, atc, rates
+        self.confidence_correct_ = correct
         self.novelty_max_logit_, self.novelty_energy_ = novelty["max_logit"], novelty["energy"]
+
+
+def check_reference(reference, cal_arrays, *, name="reference"):
+    """A fitted :class:`calib.shift.reference.ReferenceStats` given *instead of* the calibration arrays
+    ``cal_arrays`` (a dict of their names -> values, all None): one source or the other, never both or neither."""
+    given = [key for key, v in cal_arrays.items() if v is not None]
+    if reference is None:
+        missing = [key for key, v in cal_arrays.items() if v is None]
+        if missing:
+            raise TypeError(f"Expected the calibration data ({', '.join(cal_arrays)}) or {name}=ReferenceStats "
+                            f"(from a fitted pipeline's artifact), got neither ({', '.join(missing)} missing).")
+        return None
+    if given:
+        raise TypeError(f"Expected either the calibration data ({', '.join(cal_arrays)}) or {name}=, got both "
+                        f"({', '.join(given)} and {name}).")
+    if not isinstance(reference, ReferenceStats):
+        raise TypeError(f"Expected {name} as a fitted calib.shift.ReferenceStats, got {type(reference).__name__}.")
+    reference._check_fitted()
+    return reference

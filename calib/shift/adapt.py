@@ -1,0 +1,396 @@
+"""Routing thresholds re-chosen under label-shift importance weights.
+
+Label shift: the class prior moves from ``p(y)`` (calibration) to ``q(y)`` (serving) while ``p(x | y)`` stays put,
+so anything a threshold policy does to an item of class ``y`` (answer it, err on it) has the same class-conditional
+law at serving. The target-population rate of any event is then the ``w(y_i)``-weighted calibration rate, with
+``w(y) = q(y) / p(y)`` (Podkopaev & Ramdas 2021, "Distribution-free uncertainty quantification for classification
+under label shift", UAI). :func:`reweight_policy` refits a :class:`~calib.policy.ThresholdPolicy` or
+:class:`~calib.policy.RiskControlPolicy` with those weights and returns a plain, fitted ``ThresholdPolicy``
+(it saves, loads and serves like any threshold policy) plus a :class:`WeightedThreshold` report.
+
+Weights are read relative to the **calibration class frequencies** ``p^(y) = n_y / n``, as
+:class:`~calib.shift.LabelShiftEstimate` defines them (``weights = target_prior / source_prior``): the target prior
+the weights stand for is ``q(y) = w(y) n_y / sum_j w(y_j)``. Only ratios matter (every result below is invariant to
+a common scale of the weights). A positive weight on a class with no calibration row is refused: nothing measures
+the policy on that class.
+
+**target_coverage** (``ThresholdPolicy``): the highest calibration confidence ``t`` whose weighted share answered,
+``sum_{s_i >= t} w(y_i) / sum_i w(y_i)``, is ``>= target_coverage``. With unit weights it is the unweighted fit's
+threshold exactly (``ThresholdPolicy`` takes the ``ceil(target_coverage n)``-th largest confidence). No guarantee.
+
+**risk_control** (``RiskControlPolicy``): Learn then Test (Angelopoulos, Bates, Candès, Jordan & Lei 2021,
+arXiv:2110.01052) with a weighted loss. For a threshold ``lam`` let ``a_y = P(answered & wrong | y)`` and
+``b_y = P(answered | y)`` (the same at calibration and serving). The target selective risk is
+``R_q(lam) = sum_y q_y a_y / sum_y q_y b_y``, so ``R_q(lam) > r  <=>  sum_y q_y (a_y - r b_y) > 0``. With row
+weights ``c_i = w(y_i) / sum_j w(y_j) = q(y_i) / n_{y_i}`` and losses ``l_i = 1{answered & wrong} - r 1{answered}``
+(in ``[-r, 1 - r]``, range 1),
+
+    S(lam) = sum_i c_i l_i = sum_y q_y * (mean of l over the n_y calibration rows of class y).
+
+Conditional on the class counts the rows of class ``y`` are iid draws of ``p(x | y)``, so ``S`` is a weighted sum
+of independent variables of range ``c_i``, with ``E S = sum_y q_y (a_y - r b_y)``. Hoeffding (1963, "Probability
+inequalities for sums of bounded random variables", JASA 58) gives ``P(S - E S <= -t) <= exp(-2 t^2 / sum_i c_i^2)``;
+under H0 ``E S > 0``, so ``p(lam) = exp(-2 max(0, -S)^2 / sum_i c_i^2)`` (1 when ``S >= 0``) is a valid p-value,
+conditionally on the counts and hence unconditionally. Everything else is :func:`calib.policy.ltt_threshold`'s:
+the same grid (distinct calibration confidences, or ``grid_size`` quantiles), fixed-sequence testing from the most
+conservative threshold, the same families (``multi_start``: 4 starts at level delta / 4, Bonferroni;
+``fixed_sequence``: one at delta), the least conservative rejected threshold returned.
+
+Starts are label-free. With ``m`` rows answered, an error rate of ``r / 2`` among them (the rule of
+``ltt_threshold``'s ``n_min``) and the most favourable weights within the range ``[w_min, w_max]`` of the weight
+vector (answered rows at ``w_max``, the others at ``w_min``; by Cauchy-Schwarz no other placement does better),
+the Hoeffding exponent is ``2 (r/2)^2 m^2 / (m + (n - m) rho^2)``, ``rho = w_min / w_max``. The first start is the
+first grid threshold answering the smallest ``m`` for which that exponent reaches ``log(1 / level)``: a function of
+the confidences, n, r, delta and the weight range only, never of the labels. (With unit weights: ``m^2 / n``.)
+
+Escalation budget ``b``: the same with losses ``1{escalated} - b`` (``H0: E_q(lam) > b``), walked up from the
+lowest threshold; with both a risk target and a budget, each at delta / 2 (Bonferroni), as ``ltt_threshold`` does.
+
+What is guaranteed: ``P(R_q(threshold) > r) <= delta`` over the calibration draw **if the weights are the true**
+``q / p^``; estimated weights carry their own error, which this does not cover. Hoeffding ignores the variance of
+the losses (a binomial test uses it), so with unit weights the threshold is more conservative than
+``RiskControlPolicy``'s (each report's ``notes`` measure by how much on the data at hand): with ~10^4 calibration
+rows, risk targets near 0.02 are rarely certifiable at all. Nothing certified: the returned policy escalates every
+item (its fixed threshold lies above every possible confidence, see :func:`reweight_policy`).
+
+numpy and the standard library at module level; scipy is not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+
+from calib._validation import check_labels, check_probs
+from calib.policy import RiskControlPolicy, RoutingPolicy, ThresholdPolicy
+from calib.policy.guarantees import FAMILIES, _fixed_sequence, _grid, ltt_threshold
+from calib.selective import _confidence_scores, confidence_domain
+from calib.shift.conformal import check_weights
+from calib.shift.label_shift import LabelShiftEstimate
+
+__all__ = ["WeightedThreshold", "reweight_policy", "hoeffding_pvalues", "weighted_risk_pvalues", "METHODS"]
+
+#: ``WeightedThreshold.method`` values
+METHODS = ("weighted_ltt_hoeffding", "weighted_quantile", "fixed")
+#: policies :func:`reweight_policy` refits, and why the others are refused
+REWEIGHTABLE = ("threshold", "risk_control")
+_WHY_NOT = {
+    "conformal_routing": "it routes on conformal prediction sets: reweight the conformal predictor instead "
+                         "(calib.shift.LabelShiftConformal), the routing rule needs no change",
+    "cost": "it routes each item on its own probabilities: prior-correct them instead (calib.shift.adjust_probs)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedThreshold:
+    """What :func:`reweight_policy` did. ``threshold``: the returned policy's fixed threshold (above every possible
+    confidence when nothing is certified for a risk target: every item escalated; below every one when a budget
+    alone is not certified: every item answered). ``weighted_selective_risk`` / ``weighted_coverage``: point
+    estimates under the target prior at that threshold (calibration rows weighted by ``w(y_i)``);
+    ``original_threshold``: the unweighted policy's threshold (the fitted one's, or a fit on the same rows);
+    ``effective_sample_size``: ``(sum_i w(y_i))^2 / sum_i w(y_i)^2``; ``risk_pvalue``: the Hoeffding p-value at
+    the returned threshold (None without a risk target or when nothing is answered)."""
+
+    threshold: float
+    certified: bool | None
+    method: str
+    target_risk: float | None
+    delta: float | None
+    max_escalation: float | None
+    target_coverage: float | None
+    weighted_selective_risk: float | None
+    weighted_coverage: float
+    original_threshold: float
+    effective_sample_size: float
+    n_calibration: int
+    n_tested: int
+    risk_pvalue: float | None
+    family: str | None
+    statement: str
+    notes: tuple = ()
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+
+def hoeffding_pvalues(cum_loss, sum_sq):
+    """``exp(-2 max(0, -S)^2 / sum_sq)`` elementwise (1 where ``S >= 0``): the Hoeffding p-value of
+    ``H0: E S > 0`` for ``S`` a sum of independent terms of ranges ``c_i`` with ``sum_i c_i^2 = sum_sq``.
+
+    >>> hoeffding_pvalues(np.array([-0.1, 0.0, 0.2]), 0.01).round(6).tolist()
+    [0.135335, 1.0, 1.0]
+    """
+    s = np.minimum(np.asarray(cum_loss, dtype=np.float64), 0.0)
+    return np.exp(-2.0 * s * s / float(sum_sq))
+
+
+def _start_size(r, level, n, rho):
+    """Smallest m in 1..n with 2 (r/2)^2 m^2 / (m + (n - m) rho^2) >= log(1 / level); n + 1 when none."""
+    m = np.arange(1, n + 1, dtype=np.float64)
+    expo = 2.0 * (r / 2.0) ** 2 * m * m / (m + (n - m) * rho * rho)
+    ok = expo >= math.log(1.0 / level)
+    return int(m[np.argmax(ok)]) if ok.any() else n + 1
+
+
+def _sorted_weighted(conf, row_w, grid_size):
+    """Shared by the risk and budget tests: rows sorted by decreasing confidence, ``c_i = w(y_i) / sum_j w(y_j)`` in
+    that order, ``sum_i c_i^2``, the grid (descending, :func:`calib.policy.ltt_threshold`'s) and the number of rows
+    answered at each grid threshold (``conf >= lam``, ascending along the grid)."""
+    n = conf.size
+    order = np.argsort(-conf, kind="stable")
+    cs = conf[order]
+    c = row_w[order] / row_w.sum()  # float64
+    grid = _grid(cs, grid_size)
+    n_ans = n - np.searchsorted(cs[::-1], grid, side="left")
+    return order, c, float(np.dot(c, c)), grid, n_ans
+
+
+def _prefix(cum, n_ans):
+    """``cum[n_ans - 1]`` (a sum over the answered rows), 0 where nothing is answered."""
+    return np.where(n_ans > 0, cum[np.maximum(n_ans - 1, 0)], 0.0)
+
+
+def weighted_risk_pvalues(confidence, wrong, row_weights, target_risk, *, grid_size=None):
+    """``(grid, S, p)``: for each threshold ``lam`` of the grid (descending), ``S(lam) = sum_i c_i (1{answered &
+    wrong} - r 1{answered})`` with ``c_i = row_weights[i] / sum_j row_weights[j]``, and its Hoeffding p-value
+    ``exp(-2 max(0, -S)^2 / sum_i c_i^2)`` of ``H0: R_q(lam) > r`` (see the module docstring). Inputs are taken as
+    they come (float64 (n,) arrays; :func:`reweight_policy` validates them).
+
+    >>> g, s, p = weighted_risk_pvalues(np.array([0.9, 0.6]), np.array([0.0, 1.0]), np.array([1.0, 1.0]), 0.25)
+    >>> g.tolist(), s.tolist()
+    ([0.9, 0.6], [-0.125, 0.25])
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    wrong = np.asarray(wrong, dtype=np.float64)
+    order, c, sum_sq, grid, n_ans = _sorted_weighted(conf, np.asarray(row_weights, dtype=np.float64), grid_size)
+    s = _prefix(np.cumsum(c * (wrong[order] - target_risk)), n_ans)
+    return grid, s, hoeffding_pvalues(s, sum_sq)
+
+
+def _weighted_ltt(conf, wrong, row_w, *, target_risk, delta, max_escalation, grid_size, family, w_range):
+    """Weighted Learn then Test with Hoeffding p-values; returns (threshold, certified, n_tested, risk p-value at
+    it or None, message). ``threshold`` is +inf (risk target, nothing certified) or -inf (budget alone)."""
+    n = conf.size
+    n_starts = FAMILIES[family]
+    level = delta / 2 if (target_risk is not None and max_escalation is not None) else delta
+    order, c, sum_sq, grid, n_ans = _sorted_weighted(conf, row_w, grid_size)
+    cum_c = np.cumsum(c)
+    ans_mass = _prefix(cum_c, n_ans)  # sum of c over the answered rows
+
+    ok = np.ones(grid.size, dtype=bool)
+    n_tested = 0
+    p_r = None
+    if max_escalation is not None:
+        # S_b(lam) = sum_i c_i (1{escalated} - b) = (sum c - answered mass) - b
+        s_b = ((cum_c[-1] - ans_mass) - max_escalation)[::-1]  # walk up from the lowest threshold
+        k_b = _fixed_sequence(hoeffding_pvalues(s_b, sum_sq), level)
+        n_tested += grid.size if k_b == grid.size else k_b + 1
+        ok_b = np.zeros(grid.size, dtype=bool)
+        ok_b[grid.size - k_b:] = True
+        ok &= ok_b
+    if target_risk is not None:
+        lvl = level / n_starts
+        w_lo, w_hi = w_range
+        m_min = _start_size(target_risk, lvl, n, w_lo / w_hi)
+        first = int(np.searchsorted(n_ans, m_min, side="left"))
+        starts = (np.unique(np.linspace(first, grid.size, n_starts + 1)[:-1].astype(np.int64)) if first < grid.size
+                  else np.array([], dtype=np.int64))
+        s_r = _prefix(np.cumsum(c * (wrong[order] - target_risk)), n_ans)  # l_i = 1{wrong} - r, answered rows
+        p_r = hoeffding_pvalues(s_r, sum_sq)
+        ok_r = np.zeros(grid.size, dtype=bool)
+        for start in starts:
+            k_r = _fixed_sequence(p_r[start:], lvl)
+            n_tested += (grid.size - start) if k_r == grid.size - start else k_r + 1
+            ok_r[start:start + k_r] = True
+        ok &= ok_r
+    if ok.any():
+        i = int(np.flatnonzero(ok)[-1]) if target_risk is not None else int(np.flatnonzero(ok)[0])
+        return float(grid[i]), True, n_tested, (None if p_r is None else float(p_r[i])), ""
+    if target_risk is not None:
+        msg = (f"No confidence threshold certified target selective risk <= {target_risk} with probability >= "
+               f"1 - {delta} on {n} weighted calibration items (effective sample size "
+               f"{row_w.sum() ** 2 / np.dot(row_w, row_w):.0f})"
+               + (f" within escalation budget {max_escalation}" if max_escalation is not None else "")
+               + "; escalating every item.")
+        return math.inf, False, n_tested, None, msg
+    msg = (f"No threshold certified target escalation rate <= {max_escalation} with probability >= 1 - {delta}; "
+           "answering every item (no escalation).")
+    return -math.inf, False, n_tested, None, msg
+
+
+def _as_weights(weights, k, counts):
+    """(k,) float64 weights from an array or a LabelShiftEstimate, plus notes."""
+    notes = []
+    if isinstance(weights, LabelShiftEstimate):
+        if weights.n_classes != k:
+            raise ValueError(f"Expected weights (a LabelShiftEstimate) for {k} classes (as cal_probs), got an "
+                             f"estimate for {weights.n_classes} classes.")
+        src = weights.source_prior
+        freq = counts / counts.sum()
+        if not np.allclose(src, freq, rtol=0, atol=1e-12):
+            notes.append("The LabelShiftEstimate was fitted on other calibration rows (its source prior differs from "
+                         f"these labels' frequencies by up to {np.abs(src - freq).max():.3g}); its weights are read "
+                         "relative to these rows' frequencies.")
+        weights = weights.weights
+    elif isinstance(weights, (str, bytes, dict)) or weights is None:
+        raise TypeError(f"Expected weights as an array of shape ({k},) (importance weights q(y)/p(y)) or a "
+                        f"calib.shift.LabelShiftEstimate, got {type(weights).__name__} {weights!r}.")
+    w = check_weights(weights, k, "weights")
+    absent = np.flatnonzero((w > 0) & (counts == 0))
+    if absent.size:
+        raise ValueError(f"Expected weights of 0 for classes with no calibration row (nothing measures the policy on "
+                         f"them), got positive weights for classes {absent[:10].tolist()} absent from cal_labels.")
+    if not (w[counts > 0] > 0).any():
+        raise ValueError("Expected a positive weight for at least one class present in cal_labels, got weight 0 on "
+                         "every calibration row.")
+    return w, notes
+
+
+def _check_policy(policy, k):
+    if not isinstance(policy, RoutingPolicy):
+        raise TypeError(f"Expected policy as a calib.policy routing policy (kind one of {list(REWEIGHTABLE)}), got "
+                        f"{type(policy).__name__} {policy!r}.")
+    if type(policy) not in (ThresholdPolicy, RiskControlPolicy):
+        why = _WHY_NOT.get(policy.kind, "it has no single confidence threshold to re-choose")
+        raise ValueError(f"Expected policy of kind {' or '.join(repr(x) for x in REWEIGHTABLE)} (the policies that "
+                         f"answer above one confidence threshold, which label-shift weights can re-choose), got kind "
+                         f"{policy.kind!r}: {why}.")
+    if policy.is_fitted and policy.n_classes_ != k:
+        raise ValueError(f"Expected policy fitted on {k} classes (as cal_probs), got a policy fitted on "
+                         f"{policy.n_classes_} classes.")
+
+
+def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
+    """Re-choose a routing threshold for a label-shifted target: returns ``(fitted ThresholdPolicy,
+    WeightedThreshold)`` (see the module docstring for the method and what is guaranteed).
+
+    Parameters
+    ----------
+    policy : ThresholdPolicy or RiskControlPolicy, fitted or not
+        Its parameters are used (``target_coverage`` / ``threshold``; ``target_risk``, ``delta``, ``max_escalation``,
+        ``grid_size``, ``family``) and its confidence score, ``fallback_threshold``, fallback mode and costs are
+        carried over. Other kinds are refused (``ValueError``).
+    cal_probs : (n, k) calibrated calibration probabilities
+    cal_labels : (n,) calibration labels
+    weights : (k,) importance weights ``w(y) = q(y) / p^(y)`` (finite, ``>= 0``, not all 0; only ratios matter), or
+        a :class:`~calib.shift.LabelShiftEstimate` (its ``weights``).
+    fallback : (n,) per-item fallback labels of the calibration rows, optional (needed for ``fallback="extras"``).
+
+    The returned policy is ``ThresholdPolicy(threshold=t, ...)`` fitted on the calibration rows; when the fallback
+    mode is ``"majority"`` its majority class is that of the target prior the weights stand for. ``ThresholdPolicy``
+    takes only finite thresholds, so "escalate every item" (nothing certified) is the threshold
+    ``nextafter(hi, inf)`` with ``hi`` the top of the confidence score's range (:func:`calib.selective.
+    confidence_domain`), which no item reaches; "answer every item" (a budget alone, not certified) is
+    ``nextafter(lo, -inf)``. Such a policy's route reasons read ``low_confidence`` / ``confident``.
+
+    >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]]); y = np.array([0, 0, 1, 1])
+    >>> pol, rep = reweight_policy(ThresholdPolicy(target_coverage=0.5), p, y, [1.0, 3.0])
+    >>> rep.method, pol.threshold_, rep.weighted_coverage
+    ('weighted_quantile', 0.7, 0.625)
+    """
+    p = check_probs(cal_probs, "cal_probs")
+    n, k = p.shape
+    y = check_labels(cal_labels, "cal_labels", n_samples=n, n_classes=k, rows_of="cal_probs")
+    _check_policy(policy, k)
+    counts = np.bincount(y, minlength=k)
+    w, notes = _as_weights(weights, k, counts)
+    params = policy.get_params()
+    conf_name = params["confidence"]
+    pred = p.argmax(axis=1)
+    conf = _confidence_scores(p, conf_name, pred)
+    wrong = (pred != y).astype(np.float64)
+    row_w = w[y]
+    total = float(row_w.sum())
+    ess = total * total / float(np.dot(row_w, row_w))
+    lo, hi = confidence_domain(conf_name, k)
+
+    if policy.is_fitted:
+        original = float(policy.threshold_)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # nothing certified unweighted: reported as +inf below
+            original = float(policy.clone().fit(p, y, fallback=fallback).threshold_)
+
+    g = {"target_risk": None, "delta": None, "max_escalation": None, "target_coverage": None, "family": None,
+         "n_tested": 0, "risk_pvalue": None, "certified": None}
+    if isinstance(policy, ThresholdPolicy) and params["threshold"] is not None:
+        t, method = float(params["threshold"]), "fixed"
+        statement = ("A fixed threshold: unchanged under label shift (the weights change how many target items it "
+                     "answers and how often it errs, estimated in weighted_coverage / weighted_selective_risk, not "
+                     "the threshold). No guarantee.")
+        notes.append("fixed threshold kept as it is; set target_coverage or use RiskControlPolicy to re-choose it.")
+    elif isinstance(policy, ThresholdPolicy):
+        cov = params["target_coverage"]
+        order = np.argsort(-conf, kind="stable")
+        cum = np.cumsum(row_w[order])
+        j = int(np.argmax(cum >= cov * cum[-1]))  # first position reaching the weighted share (always exists)
+        t, method = float(conf[order][j]), "weighted_quantile"
+        g["target_coverage"] = cov
+        statement = (f"The highest calibration confidence whose weighted share answered is >= {cov:g}: a point "
+                     "estimate of the target automation rate, if the weights are the true q/p; no guarantee.")
+    else:
+        fam = params["family"]
+        pos = w[counts > 0]
+        t, certified, n_tested, pval, msg = _weighted_ltt(
+            conf, wrong, row_w, target_risk=params["target_risk"], delta=params["delta"],
+            max_escalation=params["max_escalation"], grid_size=params["grid_size"], family=fam,
+            w_range=(float(pos.min()), float(pos.max())))
+        method = "weighted_ltt_hoeffding"
+        g.update(target_risk=params["target_risk"], delta=params["delta"], max_escalation=params["max_escalation"],
+                 family=fam, n_tested=n_tested, risk_pvalue=pval, certified=certified)
+        events = []
+        if params["target_risk"] is not None:
+            events.append(f"R_q(threshold) > {params['target_risk']:g}")
+        if params["max_escalation"] is not None:
+            events.append(f"E_q(threshold) > {params['max_escalation']:g}")
+        statement = (f"P({' or '.join(events)}) <= {params['delta']:g} over the calibration draw, where R_q is the "
+                     "selective risk P(wrong | answered) and E_q the escalation rate under the target prior q the "
+                     "weights stand for (q(y) proportional to w(y) n_y), *if the weights are the true q/p*; estimated "
+                     "weights carry their own error, not covered (Learn then Test with weighted Hoeffding p-values, "
+                     f"{FAMILIES[fam]} fixed sequence(s) from label-free starts). Requires label shift: p(x | y) "
+                     "unchanged between calibration and serving.")
+        if msg:
+            notes.append(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        notes.append(_conservativeness(conf, wrong, params))
+        if t == math.inf:
+            t = float(np.nextafter(hi, math.inf))
+        elif t == -math.inf:
+            t = float(np.nextafter(lo, -math.inf))
+
+    answered = conf >= t
+    a_mass = float(row_w[answered].sum())
+    risk = float(np.dot(row_w[answered], wrong[answered]) / a_mass) if a_mass > 0 else None
+    out = ThresholdPolicy(threshold=t, confidence=conf_name, fallback_threshold=params["fallback_threshold"],
+                          fallback=params["fallback"], costs=params["costs"]).fit(p, y, fallback=fallback)
+    target_majority = int(np.argmax(w * counts))
+    if params["fallback"] == "majority" and target_majority != out.majority_class_:
+        notes.append(f"fallback='majority': the majority class of the target prior, {target_majority}, replaces the "
+                     f"calibration majority {out.majority_class_}.")
+        out.majority_class_ = target_majority
+    if ess < 0.1 * n:
+        notes.append(f"Effective sample size {ess:.0f} of {n} calibration rows: the weights are very uneven, estimates "
+                     "under the target rest on few rows.")
+    report = WeightedThreshold(
+        threshold=t, method=method, weighted_selective_risk=risk, weighted_coverage=a_mass / total,
+        original_threshold=original, effective_sample_size=ess, n_calibration=n, statement=statement,
+        notes=tuple(notes), **g)
+    return out, report
+
+
+def _conservativeness(conf, wrong, params):
+    """A note measuring, on these rows with unit weights, the Hoeffding test against RiskControlPolicy's binomial."""
+    kw = {k: params[k] for k in ("target_risk", "delta", "max_escalation", "grid_size", "family")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        binom = ltt_threshold(conf, wrong == 0, **kw).threshold
+    hoeff = _weighted_ltt(conf, wrong, np.ones(conf.size), w_range=(1.0, 1.0), **kw)[0]
+    share = {t: float(np.mean(conf >= t)) for t in (hoeff, binom)}
+    return (f"Hoeffding vs binomial Learn then Test on these rows with unit weights (no shift): thresholds {hoeff:.6g} "
+            f"vs {binom:.6g}, answering {share[hoeff]:.1%} vs {share[binom]:.1%} of calibration rows (Hoeffding "
+            "ignores the variance of the losses; the price of a bound that allows weights).")
