@@ -8,6 +8,9 @@
                   [--chunk-rows N] [--progress | --no-progress] [--overwrite] [--key-file PATH]
     calib export  ARTIFACT --format onnx --out FILE.onnx [--strict] [--fallback-input] [--overwrite]
                   [--key-file PATH]
+    calib monitor ARTIFACT TARGET_LOGITS [--out DIR] [--json] [--alpha A] [--fdr Q] [--novelty-score S]
+                  [--label-shift em|bbse] [--n-bootstrap B] [--accuracy-tolerance T] [--seed N]
+                  [--groups-key KEY] [--fallback-key KEY] [--overwrite] [--key-file PATH]
     calib --version
 
 Built on :mod:`argparse` (standard library), so a serving install needs nothing beyond numpy; optional
@@ -15,10 +18,10 @@ packages (tqdm for the progress bar, pyarrow for ``.parquet``, onnx/onnxruntime 
 inside the functions that use them.
 
 Exit codes (``docs/cli.md``): 0 ok; 1 a check failed (``verify`` found a mismatch, ``export`` was refused or
-its onnxruntime check failed); 2 a usage error or bad input (arguments, a bad or unreadable logits file, an
+its onnxruntime check failed, ``monitor`` raised an alarm); 2 a usage error or bad input (arguments, a bad or unreadable logits file, an
 existing ``--out``, a missing optional package, an output that cannot be written); 3 a bad artifact (missing,
 corrupted, tampered, truncated, newer schema, missing or wrong signature when a key is configured, not
-portable); 70 an internal error (a bug: please report it); 130 interrupted. Every error is exactly one line
+portable; for ``monitor``, no reference statistics); 70 an internal error (a bug: please report it); 130 interrupted. Every error is exactly one line
 on stderr, ``calib <command>: error: <message>``; ``CALIB_DEBUG=1`` prints the traceback too.
 
 ``calib apply`` writes nothing on any error: the output is written in a hidden temporary folder beside
@@ -768,6 +771,90 @@ def cmd_export(args):
     return EXIT_OK
 
 
+# --- monitor ---------------------------------------------------------------------------------------------
+def cmd_monitor(args):
+    from calib.evaluation.monitor import MissingReferenceError, monitor_batch
+    from calib.io import load_logits
+
+    out = None if args.out is None else Path(args.out)
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"Expected --out as a folder path, got the file {str(out)!r}.", EXIT_INPUT)
+        if out.exists() and not args.overwrite:
+            raise CLIError(f"Expected --out to be a new folder, got {str(out)!r}, which exists (pass --overwrite to "
+                           "replace it).", EXIT_INPUT)
+    key = _key(args)
+    pipe = _load_pipeline(Path(args.artifact), key)
+    if pipe.reference is None:
+        from calib.evaluation.monitor import REFIT_HINT
+
+        m = pipe.manifest or {}
+        raise CLIError(f"Artifact {str(args.artifact)!r} has no reference statistics to monitor against (written "
+                       f"with schema {m.get('schema_version', '?')} by calib {m.get('calib_version', '?')}; artifacts "
+                       "of schema <= 2, and those fitted out of core, carry none); "
+                       f"{REFIT_HINT}.", EXIT_ARTIFACT)
+    src = str(args.target_logits)
+    with _stage(EXIT_INPUT, f"reading {src!r}: "):
+        data = load_logits(args.target_logits, require_labels=False)
+    if data.n_classes != pipe.n_classes:
+        raise CLIError(f"Expected logits with {pipe.n_classes} columns in {src!r} (the pipeline in "
+                       f"{str(args.artifact)!r} was fitted on {pipe.n_classes} classes), got {data.n_classes}.",
+                       EXIT_INPUT)
+    groups = _per_row(data, args.groups_key, "groups", "groups ids")
+    fallback = _per_row(data, args.fallback_key, "fallback", "fallback labels")
+    try:
+        with _stage(EXIT_INPUT, f"monitoring {src!r}: ", imports=False):
+            result = monitor_batch(pipe, data.logits, alpha=args.alpha, fdr=args.fdr,
+                                   novelty_score=args.novelty_score, label_shift=args.label_shift,
+                                   n_bootstrap=args.n_bootstrap, accuracy_tolerance=args.accuracy_tolerance,
+                                   seed=args.seed, groups=groups, fallback=fallback)
+    except MissingReferenceError as err:  # pragma: no cover - checked above
+        raise CLIError(_text(err), EXIT_ARTIFACT) from err
+    if out is not None:
+        with _stage(EXIT_INPUT, f"writing {str(out)!r}: "):
+            result.write(out, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(result.report, indent=1, allow_nan=False))
+    else:
+        print(f"calib monitor: {src} against {args.artifact}")
+        for line in result.summary():
+            print(f"  {line}")
+        if out is not None:
+            print(f"  wrote {out}/monitor.json and {len(result.plots)} figures")
+        print(f"calib monitor: {'ALARM' if result.alarm else 'no alarm'}")
+    return EXIT_CHECK if result.alarm else EXIT_OK
+
+
+def _fraction(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return v
+
+
+def _tolerance(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+def _count(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 # --- the parser ------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit 2) instead of the usage block."""
@@ -789,9 +876,9 @@ def _positive_int(text):
 def build_parser():
     from calib import __version__
 
-    p = _Parser(prog="calib", description="Inspect, verify, apply and export a saved calib pipeline (an artifact "
-                "folder written by experiments/calibrate.py or FittedPipeline.save).",
-                epilog="Exit codes: 0 ok, 1 check failed, 2 usage error or bad input, 3 bad artifact. "
+    p = _Parser(prog="calib", description="Inspect, verify, apply, export and monitor a saved calib pipeline (an "
+                "artifact folder written by experiments/calibrate.py or FittedPipeline.save).",
+                epilog="Exit codes: 0 ok, 1 check failed or monitor alarm, 2 usage error or bad input, 3 bad artifact. "
                        "See docs/cli.md.")
     p.add_argument("--version", action="version", version=f"calib {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -847,6 +934,34 @@ def build_parser():
                     "with fallback 'auto' / 'extras'")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("monitor", help="compare an unlabeled serving batch with the artifact's reference "
+                        "(exit 1 on an alarm)",
+                        description="Label-free shift monitor: estimated prior shift and accuracy (with intervals), "
+                                    "drift tests, the policy's rates vs fit time, items unlike calibration. Exits 1 "
+                                    "when an alarm fires (each alarm a test; see docs/shift.md), 0 otherwise.")
+    common(sp)
+    sp.add_argument("target_logits", metavar="TARGET_LOGITS", help="logits of the serving batch: .npy, .npz, "
+                    ".pt/.pth or .csv (labels not needed, ignored if present)")
+    sp.add_argument("--out", metavar="DIR", help="write monitor.json and the figures into this new folder")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
+    sp.add_argument("--alpha", type=_fraction, default=0.05, help="family-wise level of the alarms (default 0.05)")
+    sp.add_argument("--fdr", type=_fraction, default=0.1, help="Benjamini-Hochberg level of the flagged items "
+                    "(default 0.1)")
+    sp.add_argument("--novelty-score", choices=("energy", "max_logit"), default="energy",
+                    help="novelty score of the logits (default energy)")
+    sp.add_argument("--label-shift", choices=("em", "bbse"), default="em", help="prior estimator (default em)")
+    sp.add_argument("--n-bootstrap", type=_count, default=200, help="bootstrap resamples of the intervals "
+                    "(default 200; 0: no intervals)")
+    sp.add_argument("--accuracy-tolerance", type=_tolerance, default=0.05, help="accuracy drop below calibration "
+                    "that raises an alarm (default 0.05)")
+    sp.add_argument("--seed", type=_count, default=0, help="seed of the bootstraps (default 0)")
+    sp.add_argument("--groups-key", metavar="KEY", help="per-row array holding group ids (default: 'groups', when "
+                    "present)")
+    sp.add_argument("--fallback-key", metavar="KEY", help="per-row array holding the fallback's label (default: "
+                    "'fallback', when present)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    sp.set_defaults(func=cmd_monitor)
     return p
 
 
@@ -872,7 +987,8 @@ def main(argv=None):
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
-        print("calib: error: expected a command: inspect, verify, apply or export (see calib --help)", file=sys.stderr)
+        print("calib: error: expected a command: inspect, verify, apply, export or monitor (see calib --help)",
+              file=sys.stderr)
         return EXIT_INPUT
     prog = f"calib {args.command}"
     logger = logging.getLogger("calib")

@@ -67,6 +67,27 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class MonitorConfig:
+    """The shift monitor run after the fit (:func:`calib.evaluation.monitor.monitor_batch`; docs/shift.md).
+
+    ``target``: a logits file of a serving batch (any format ``calib.load_logits`` reads; labels unused), or
+    ``test`` for this run's own test part (its labels unused), or null (default: no monitor). The report goes
+    to ``<run folder>/monitor/`` (monitor.json and figures); ``fail_on_alarm``: exit 1 when an alarm fires.
+    The other keys are those of ``calib monitor``.
+    """
+
+    target: typing.Optional[str] = None
+    alpha: float = 0.05
+    fdr: float = 0.1
+    novelty_score: str = "energy"
+    label_shift: str = "em"
+    n_bootstrap: int = 200
+    accuracy_tolerance: float = 0.05
+    seed: int = 0
+    fail_on_alarm: bool = False
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     """Schema of the root config of ``experiments/calibrate.py`` (registered as ``config_schema``)."""
 
@@ -76,6 +97,7 @@ class ExperimentConfig:
     policy: typing.Any = None
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     seed: int = 0
 
 
@@ -84,7 +106,7 @@ def root_keys():
     return sorted({f.name for f in dataclasses.fields(ExperimentConfig)} | {"experiment", "hydra"})
 
 
-_NESTED = {"eval": EvalConfig, "split": SplitConfig}
+_NESTED = {"eval": EvalConfig, "split": SplitConfig, "monitor": MonitorConfig}
 
 
 def check_overrides(overrides):
@@ -143,6 +165,15 @@ def validate_root(cfg):
         check_positive_int(cfg.eval.procedure_resamples, "eval.procedure_resamples", minimum=0)
     if cfg.get("split") is not None:
         check_fraction(cfg.split.cal_fraction, "split.cal_fraction")
+    if cfg.get("monitor") is not None and cfg.monitor.get("target") is not None:
+        from calib._validation import check_choice
+
+        check_fraction(cfg.monitor.alpha, "monitor.alpha")
+        check_fraction(cfg.monitor.fdr, "monitor.fdr")
+        check_choice(cfg.monitor.novelty_score, "monitor.novelty_score", ("energy", "max_logit"))
+        check_choice(cfg.monitor.label_shift, "monitor.label_shift", ("em", "bbse"))
+        check_positive_int(cfg.monitor.n_bootstrap, "monitor.n_bootstrap", minimum=0)
+        check_positive_int(cfg.monitor.seed, "monitor.seed", minimum=0)
 
 
 def sweep_subdir(override_dirname, seed):

@@ -357,14 +357,19 @@ class FittedPipeline:
     def attach_reference(self, logits, labels, *, probs=None, fallback=None, groups=None):
         """Fit and keep :class:`calib.shift.ReferenceStats` on the calibration rows (what ``calib monitor``
         compares a serving batch with): class counts, the calibrated model's confusion matrix, confidence and
-        novelty-score samples, the ATC threshold and, with a policy, its rates on these rows. Returns ``self``."""
+        novelty-score samples, the ATC threshold and, with a policy, its rates on these rows (automation, escalation,
+        fallback, and silent failure: answered and wrong). Returns ``self``."""
         from calib.shift import ReferenceStats
 
         x = self._check_logits(logits)
         p = self.predict_proba(x) if probs is None else probs
         rates = None
-        if self.policy is not None:  # {"automation": ..., "escalation": ..., "fallback": ...} on these rows
-            rates = {k.removesuffix("_rate"): v for k, v in self.apply(x, fallback=fallback, groups=groups).rates().items()}
+        if self.policy is not None:  # {"automation", "escalation", "fallback", "silent_failure"} on these rows
+            d = self.apply(x, fallback=fallback, groups=groups)
+            rates = {k.removesuffix("_rate"): v for k, v in d.rates().items()}
+            y = np.asarray(labels)
+            if y.shape == (x.shape[0],):  # else ReferenceStats.fit refuses the labels, naming them
+                rates["silent_failure"] = float(np.mean((d.actions == 0) & (d.output != y)))
         self.reference = ReferenceStats().fit(x, labels, probs=p, rates=rates)
         return self
 

@@ -57,9 +57,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         from calib.evaluation.streaming import check_streaming_components
 
         check_streaming_components(calibrator, conformal, policy, procedure_resamples=cfg.eval.procedure_resamples)
+        if cfg.monitor.target is not None:
+            raise ValueError(f"Expected monitor.target=null with data.mmap=true, got {cfg.monitor.target!r}: an "
+                             "out-of-core run's artifact has no reference statistics yet (docs/shift.md); run the "
+                             "monitor on an in-memory fit, or set data.mmap=false.")
     data_node = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     chunk_rows = data_node.pop("chunk_rows", None)  # the out-of-core chunk size, not an argument of load_logits
     data = instantiate(data_node)
+    test = None
     if out_of_core and data.is_mapped:
         from calib.evaluation.streaming import fit_and_evaluate_streaming
 
@@ -86,7 +91,34 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start, "artifact_id": result.metrics["artifact_id"],
                                                  "total_s": time.perf_counter() - start})
     log.info("[4/4] Wrote metrics.json, timings.json, plots and artifact/")
+    if cfg.monitor.target is not None:
+        result.metrics["monitor_alarm"] = _monitor(cfg.monitor, out_dir, test)
     return result.metrics
+
+
+def _monitor(mcfg, out_dir: Path, test) -> bool:
+    """Run the shift monitor against the artifact just written; write <run folder>/monitor/; return the alarm."""
+    from calib.deploy import FittedPipeline
+    from calib.evaluation.monitor import monitor_batch
+    from calib.io import load_logits
+
+    pipe = FittedPipeline.load(out_dir / "artifact")
+    if str(mcfg.target) == "test":
+        if test is None:
+            raise ValueError("Expected monitor.target as a logits file with data.mmap=true (an out-of-core run keeps "
+                             "no test part in memory and its artifact has no reference statistics), got 'test'.")
+        logits, source = test.logits, "this run's test part (labels unused)"
+    else:
+        logits, source = load_logits(mcfg.target, require_labels=False).logits, str(mcfg.target)
+    res = monitor_batch(pipe, logits, alpha=mcfg.alpha, fdr=mcfg.fdr, novelty_score=mcfg.novelty_score,
+                        label_shift=mcfg.label_shift, n_bootstrap=mcfg.n_bootstrap,
+                        accuracy_tolerance=mcfg.accuracy_tolerance, seed=mcfg.seed)
+    res.write(out_dir / "monitor", overwrite=True)
+    log.info("Monitor: %s against artifact/", source)
+    for line in res.summary():
+        log.info("  %s", line)
+    log.info("Monitor: %s; wrote monitor/", "ALARM" if res.alarm else "no alarm")
+    return res.alarm
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -104,6 +136,9 @@ def main(cfg: DictConfig) -> float:
         log.error("Run failed: %s: %s", type(root).__name__, " ".join(str(root).split()))
         raise
     log.info("Wrote %s", out_dir)
+    if metrics.get("monitor_alarm") and cfg.monitor.fail_on_alarm:
+        log.error("Monitor alarm (monitor.fail_on_alarm=true): see %s", out_dir / "monitor" / "monitor.json")
+        sys.exit(1)
     return metrics["calibrated"]["nll"]
 
 

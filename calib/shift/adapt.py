@@ -299,6 +299,7 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
     _check_policy(policy, k)
     counts = np.bincount(y, minlength=k)
     w, notes = _as_weights(weights, k, counts)
+    w = w / w.max()  # only ratios matter; equal weights become exactly 1.0, so unit-weight sums are exact integers
     params = policy.get_params()
     conf_name = params["confidence"]
     pred = p.argmax(axis=1)
