@@ -791,7 +791,7 @@ def cmd_monitor(args):
         m = pipe.manifest or {}
         raise CLIError(f"Artifact {str(args.artifact)!r} has no reference statistics to monitor against (written "
                        f"with schema {m.get('schema_version', '?')} by calib {m.get('calib_version', '?')}; artifacts "
-                       "of schema <= 2, and those fitted out of core, carry none); "
+                       "of schema <= 2 carry none, nor do pipelines built from parts without attach_reference); "
                        f"{REFIT_HINT}.", EXIT_ARTIFACT)
     src = str(args.target_logits)
     with _stage(EXIT_INPUT, f"reading {src!r}: "):

@@ -20,11 +20,10 @@ LAYERS = {
     "calib.base": 0,
     "calib.io": 1, "calib.datasets": 1, "calib.metrics": 1, "calib.selective": 1, "calib.stats": 1,
     "calib.calibrators": 2, "calib.conformal": 2, "calib.policy": 2, "calib.shift": 2,
-    "calib.artifacts": 3, "calib.deploy": 3, "calib.runtime": 3, "calib.export_onnx": 3, "calib.cli": 3,
-    "calib.__main__": 3,
+    "calib.artifacts": 3, "calib.deploy": 3, "calib.runtime": 3, "calib.export_onnx": 3,
     "calib.plotting": 4,
     "calib.evaluation": 5,
-    "calib.config": 6, "calib._hydra": 6,
+    "calib.config": 6, "calib._hydra": 6, "calib.cli": 6, "calib.__main__": 6,
 }
 ALGORITHMS = ("calib.calibrators", "calib.conformal", "calib.policy", "calib.shift")
 #: the one allowed edge between algorithm packages: shift adaptation builds on the components it adapts

@@ -114,15 +114,16 @@ def test_temperature_subsample_path_and_artifact_are_identical(tmp_path):
     a = stream.write(tmp_path / "stream")
     b = mem.write(tmp_path / "mem")
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    # the artifacts differ by one component: the in-memory run stores reference statistics (calib.shift), the
-    # out-of-core run does not yet (docs/shift.md); everything else in metrics.json is identical
-    assert ma.pop("artifact_id") != mb.pop("artifact_id") and ma == mb
+    # identical run folders: metrics.json (with the artifact's content id) and every component, the reference
+    # statistics (calib.shift) included
+    assert ma == mb
     from calib.deploy import FittedPipeline
 
     pa, pb = FittedPipeline.load(a / "artifact"), FittedPipeline.load(b / "artifact")
-    assert pa.reference is None and pb.reference is not None
-    assert {k: c.get_params() for k, c in pa.components.items()} == \
-        {k: c.get_params() for k, c in pb.components.items() if k != "reference"}
+    assert pa.reference is not None and pb.reference is not None
+    for name, comp in pa.components.items():
+        (sa, arr_a), (sb, arr_b) = comp.get_state(), pb.components[name].get_state()
+        assert _same(sa, sb) and _same(arr_a, arr_b), name
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
 
 
@@ -243,11 +244,9 @@ def test_cli_mmap_run_equals_in_memory_run(calibrate, tmp_path):
     from calib.deploy import FittedPipeline
 
     pa, pb = (FittedPipeline.load(tmp_path / run / "artifact") for run in ("mem", "ooc"))
-    # reference statistics (calib.shift) are not computed out of core yet (docs/shift.md): only in memory
-    assert pa.reference is not None and pb.reference is None
+    # every component equal, bit for bit: the reference statistics (calib.shift) included
+    assert pa.reference is not None and pb.reference is not None and pa.components.keys() == pb.components.keys()
     for name, comp in pa.components.items():
-        if name == "reference":
-            continue
         (sa, arr_a), (sb, arr_b) = comp.get_state(), pb.components[name].get_state()
         assert _same(sa, sb) and _same(arr_a, arr_b), name
     assert _same(pa.reliability, pb.reliability)

@@ -146,6 +146,24 @@ def test_bad_parameters(kw, exc, match):
         ReferenceStats(**kw)
 
 
+def test_fit_rows_equals_fit_and_checks_its_vectors(small):
+    x, y, p = small
+    a = ReferenceStats(sample_size=100).fit(x, y, probs=p)
+    b = ReferenceStats(sample_size=100).fit_rows(p.max(1), p.argmax(1), y, novelty_scores(x, "max_logit"),
+                                                 novelty_scores(x, "energy"), x.shape[1])
+    sa, aa = a.get_state()
+    sb, ab = b.get_state()
+    assert sa == sb and all(np.array_equal(aa[key], ab[key]) for key in aa) and aa.keys() == ab.keys()
+    with pytest.raises(ValueError, match=r"novelty_energy as 600 finite numbers"):
+        ReferenceStats().fit_rows(p.max(1), p.argmax(1), y, novelty_scores(x, "max_logit"), np.zeros(5), 4)
+    with pytest.raises(ValueError, match=r"confidence as top-label probabilities in \[1/4, 1\]"):
+        ReferenceStats().fit_rows(p.max(1) * 3, p.argmax(1), y, novelty_scores(x, "max_logit"),
+                                  novelty_scores(x, "energy"), 4)
+    with pytest.raises(ValueError, match=r"prediction"):
+        ReferenceStats().fit_rows(p.max(1), p.argmax(1) + 4, y, novelty_scores(x, "max_logit"),
+                                  novelty_scores(x, "energy"), 4)
+
+
 def test_bad_inputs_are_refused(small):
     x, y, p = small
     with pytest.raises(ValueError, match=r"labels"):
@@ -194,7 +212,8 @@ def test_fitted_pipeline_keeps_reference_statistics_of_its_calibration_rows(pipe
         assert np.array_equal(getattr(ref, name), getattr(independent, name)), name
     d = pipe.apply(x)
     assert ref.rates_ == {"automation": float(np.mean(d.actions == 0)), "escalation": float(np.mean(d.actions == 1)),
-                          "fallback": float(np.mean(d.actions == 2))}
+                          "fallback": float(np.mean(d.actions == 2)),
+                          "silent_failure": float(np.mean((d.actions == 0) & (d.label != y)))}
     assert "reference" in pipe.components and pipe.portable
 
 

@@ -46,9 +46,9 @@ __all__ = ["MonitorResult", "MissingReferenceError", "monitor_batch", "MONITOR_S
 #: version of monitor.json's layout
 MONITOR_SCHEMA = 1
 #: how to get an artifact with reference statistics
-REFIT_HINT = ("refit with calib >= 0.3.0 to store them: `python experiments/calibrate.py ...` (in memory, "
-              "data.mmap=false) writes them into its artifact/, or in Python `FittedPipeline.fit(...)` / "
-              "`pipe.attach_reference(cal_logits, cal_labels)` then `pipe.save(path)`")
+REFIT_HINT = ("refit with calib >= 0.3.0 to store them: `python experiments/calibrate.py ...` writes them into its "
+              "artifact/, or in Python `FittedPipeline.fit(...)` / `pipe.attach_reference(cal_logits, cal_labels)` "
+              "then `pipe.save(path)`")
 _ACTIONS = ("automation", "escalation", "fallback")
 
 
@@ -199,7 +199,8 @@ def monitor_batch(pipeline, target_logits, *, alpha=0.05, fdr=0.1, novelty_score
     ref = pipeline.reference
     if ref is None:
         raise MissingReferenceError(f"Expected a pipeline with reference statistics to monitor against, got one "
-                                    f"without (an artifact of schema 2 or older, or fitted out of core); {REFIT_HINT}.")
+                                    f"without (an artifact of schema 2 or older, or built from parts without attach_reference); "
+                                    f"{REFIT_HINT}.")
     alpha = check_fraction(alpha, "alpha")
     fdr = check_fraction(fdr, "fdr")
     confidence = check_fraction(confidence, "confidence")

@@ -297,6 +297,7 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
     from calib.plotting import FigureSpec
     from calib.plotting import reliability as rel
     from calib.selective import confidence_scores
+    from calib.shift import ReferenceStats, novelty_scores
 
     check_positive_int(calibration_bootstrap, "calibration_bootstrap", minimum=0)
     procedure_resamples = check_positive_int(procedure_resamples, "procedure_resamples", minimum=0)
@@ -358,7 +359,7 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
     # --- calibration rows: per-row values, fingerprint, label scores ----------------------------------------
     fp = hashlib.sha256()
     fp.update(repr((n_cal, k)).encode())
-    cal_conf, cal_pred, cal_py, pol_conf, scores = [], [], [], [], []
+    cal_conf, cal_pred, cal_py, pol_conf, scores, nov_ml, nov_en = [], [], [], [], [], [], []
     randomized = conformal is not None and conformal.is_randomized
     check_step = None
     if conformal is not None:
@@ -372,6 +373,8 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
         c0, c1 = before[a], before[a + block.shape[0]]
         xc = block[sel]
         fp.update(memoryview(np.ascontiguousarray(xc, dtype=np.float32)).cast("B"))
+        nov_ml.append(novelty_scores(xc, "max_logit"))  # the reference statistics' novelty samples (calib.shift)
+        nov_en.append(novelty_scores(xc, "energy"))
         pc = calibrator.predict_proba(xc)
         yc = y_cal[c0:c1]
         pred = pc.argmax(axis=1)
@@ -421,9 +424,15 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
     # --- test rows: metrics, sets, routing ------------------------------------------------------------------
     m_before, m_after = _TestMetrics(n_test, k, n_bins), _TestMetrics(n_test, k, n_bins)
     sizes, hits, curve_hits, actions, prediction, fb_out, t_conf = [], [], [], [], [], [], []
+    cal_actions = np.zeros(3, dtype=np.int64)  # the fitted policy's actions on the calibration rows (reference)
+    cal_silent = 0
     for a, block, sel in chunks():
         c0, c1 = before[a], before[a + block.shape[0]]
         t0, t1 = a - c0, a + block.shape[0] - c1
+        if policy is not None and c1 > c0:
+            dc = policy.route(calibrator.predict_proba(block[sel]), fallback=None if fb_cal is None else fb_cal[c0:c1])
+            cal_actions += np.bincount(dc.actions, minlength=3)[:3]
+            cal_silent += int(np.count_nonzero((dc.actions == 0) & (dc.output != y_cal[c0:c1])))
         if t1 == t0:
             continue
         xt = block[~sel]
@@ -508,7 +517,15 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
         plots.update(plot_data)
     panels = [("uncalibrated", rel.prepare_reliability_rows(conf0.astype(np.float64), hit0, n_bins=n_bins)),
               (calibrator.kind, rel.prepare_reliability_rows(conf1.astype(np.float64), hit1, n_bins=n_bins))]
+    rates = None
+    if policy is not None:
+        rates = {name: float(c / n_cal) for name, c in zip(("automation", "escalation", "fallback"), cal_actions)}
+        rates["silent_failure"] = cal_silent / n_cal
+    reference = ReferenceStats().fit_rows(cal_conf, cal_pred, y_cal, np.concatenate(nov_ml), np.concatenate(nov_en),
+                                          k, rates=rates)
+    del nov_ml, nov_en
     return PipelineResult(result, calibrator, conformal, policy, y_test, None, None, class_names=data.class_names,
+                          reference=reference,
                           n_bins=n_bins, plots=plots, reliability=reliability, reliability_panels=panels)
 
 

@@ -71,7 +71,7 @@ from calib.selective import _confidence_scores, confidence_domain
 from calib.shift.conformal import check_weights
 from calib.shift.label_shift import LabelShiftEstimate
 
-__all__ = ["WeightedThreshold", "reweight_policy", "hoeffding_pvalues", "weighted_risk_pvalues", "METHODS"]
+__all__ = ["METHODS", "WeightedThreshold", "hoeffding_pvalues", "reweight_policy", "weighted_risk_pvalues"]
 
 #: ``WeightedThreshold.method`` values
 METHODS = ("weighted_ltt_hoeffding", "weighted_quantile", "fixed")
@@ -336,11 +336,10 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
                      "estimate of the target automation rate, if the weights are the true q/p; no guarantee.")
     else:
         fam = params["family"]
-        pos = w[counts > 0]
         t, certified, n_tested, pval, msg = _weighted_ltt(
             conf, wrong, row_w, target_risk=params["target_risk"], delta=params["delta"],
             max_escalation=params["max_escalation"], grid_size=params["grid_size"], family=fam,
-            w_range=(float(pos.min()), float(pos.max())))
+            w_range=(float(w.min()), float(w.max())))  # label-free: the weight vector's range
         method = "weighted_ltt_hoeffding"
         g.update(target_risk=params["target_risk"], delta=params["delta"], max_escalation=params["max_escalation"],
                  family=fam, n_tested=n_tested, risk_pvalue=pval, certified=certified)

@@ -118,18 +118,42 @@ class ReferenceStats(Component):
             p = check_probs(probs, "probs", n_classes=k)
             if p.shape[0] != n:
                 raise ValueError(f"Expected probs with {n} rows (as logits), got {p.shape[0]}.")
-        rates = self._check_rates(rates)
         pred = np.asarray(p.argmax(axis=1), dtype=np.int64)
         conf = np.asarray(p.max(axis=1), dtype=np.float64)
+        return self.fit_rows(conf, pred, y, novelty_scores(x, "max_logit"), novelty_scores(x, "energy"), k,
+                             rates=rates)
+
+    def fit_rows(self, confidence, prediction, labels, novelty_max_logit, novelty_energy, n_classes, *, rates=None):
+        """Fit from per-row vectors of the calibration rows: the calibrated top-label ``confidence`` and its
+        class ``prediction``, the ``labels`` and the two novelty scores of the logits (:func:`novelty_scores`).
+        What :meth:`fit` computes from (n, k) arrays, and what the out-of-core pipeline (which never holds an
+        (n, k) array) calls. Returns ``self``."""
+        k = check_positive_int(n_classes, "n_classes", minimum=2)
+        conf = np.asarray(confidence, dtype=np.float64)
+        n = conf.shape[0] if conf.ndim == 1 else -1
+        if n < 1:
+            raise ValueError(f"Expected confidence as a non-empty vector, got shape {conf.shape}.")
+        y = check_labels(labels, "labels", n_samples=n, n_classes=k)
+        pred = check_labels(prediction, "prediction", n_samples=n, n_classes=k)
+        novelty = {}
+        for name, v in (("max_logit", novelty_max_logit), ("energy", novelty_energy)):
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != (n,) or not np.isfinite(v).all():
+                raise ValueError(f"Expected novelty_{name} as {n} finite numbers (one per row), got shape {v.shape}"
+                                 f"{'' if v.shape != (n,) else ' with non-finite values'}.")
+            novelty[name] = v
+        if not (np.isfinite(conf).all() and conf.min() >= 1.0 / k - 1e-6 and conf.max() <= 1.0 + 1e-6):
+            raise ValueError(f"Expected confidence as top-label probabilities in [1/{k}, 1], got values in "
+                             f"[{np.nanmin(conf):.6g}, {np.nanmax(conf):.6g}].")
+        rates = self._check_rates(rates)
         self.class_counts_ = np.bincount(y, minlength=k).astype(np.int64)
-        self.confusion_ = np.zeros((k, k), dtype=np.int64)
-        np.add.at(self.confusion_, (pred, y), 1)
+        self.confusion_ = np.bincount(pred * k + y, minlength=k * k).reshape(k, k).astype(np.int64)
         self.accuracy_ = float(np.trace(self.confusion_) / n)
         self.confidence_, self.exact_, rows = _sketch(conf, self.sample_size, with_order=True)
         # whether each kept row's prediction is right: ATC's bootstrap resamples (confidence, correct) pairs
         self.confidence_correct_ = (pred == y)[rows]
-        self.novelty_max_logit_, _ = _sketch(novelty_scores(x, "max_logit"), self.sample_size)
-        self.novelty_energy_, _ = _sketch(novelty_scores(x, "energy"), self.sample_size)
+        self.novelty_max_logit_, _ = _sketch(novelty["max_logit"], self.sample_size)
+        self.novelty_energy_, _ = _sketch(novelty["energy"], self.sample_size)
         # 0.0 when every row is correct: every confidence (>= 1/k) lies above it
         self.atc_threshold_ = max(0.0, _atc_threshold(np.sort(conf), int(np.trace(self.confusion_))))
         self.rates_ = rates
