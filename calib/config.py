@@ -120,7 +120,7 @@ def check_overrides(overrides):
     >>> check_overrides(["sede=1"])
     Traceback (most recent call last):
     ...
-    ValueError: Unknown config key 'sede' in override 'sede=1' (did you mean 'seed'?); valid root keys: ['calibrator', 'conformal', 'data', 'eval', 'experiment', 'hydra', 'policy', 'seed', 'split'].
+    ValueError: Unknown config key 'sede' in override 'sede=1' (did you mean 'seed'?); valid root keys: ['calibrator', 'conformal', 'data', 'eval', 'experiment', 'hydra', 'monitor', 'policy', 'seed', 'split'].
     """
     import difflib
 

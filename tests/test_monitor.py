@@ -267,3 +267,19 @@ def test_calibrate_monitor_option(tmp_path):
     assert p.returncode == 1 and (tmp_path / "run2" / "monitor" / "monitor.json").exists()
     p = _calibrate("monitor.alpha=2", "monitor.target=test", f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path)
     assert p.returncode != 0 and "monitor.alpha" in p.stderr
+
+
+def test_a_rerun_removes_the_previous_monitor_report(tmp_path):
+    """One run per folder: a re-run (with or without the monitor) first removes the previous monitor/; a
+    folder named monitor without monitor.json is the user's and is kept."""
+    from calib.evaluation.pipeline import clear_run_folder
+
+    (tmp_path / "monitor").mkdir()
+    (tmp_path / "monitor" / "monitor.json").write_text("{}")
+    (tmp_path / ".monitor.abc.tmp").mkdir()
+    assert set(clear_run_folder(tmp_path)) == {"monitor/", ".monitor.abc.tmp"}
+    assert not (tmp_path / "monitor").exists()
+    (tmp_path / "monitor").mkdir()
+    (tmp_path / "monitor" / "notes.txt").write_text("mine")
+    clear_run_folder(tmp_path)
+    assert (tmp_path / "monitor" / "notes.txt").exists()

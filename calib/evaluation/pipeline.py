@@ -138,7 +138,7 @@ class PipelineResult:
 def clear_run_folder(out_dir, *, also=()):
     """Remove a previous run's outputs from ``out_dir``: metrics.json first, then timings.json, the figures
     of :data:`PLOT_FILES` (and the names in ``also``), ``artifact/`` when it is a calib artifact (holds
-    manifest.json) and the temporary siblings a killed atomic write leaves (``.metrics.json.*.tmp``,
+    manifest.json), ``monitor/`` when it is a shift-monitor report (holds monitor.json) and the temporary siblings a killed atomic write leaves (``.metrics.json.*.tmp``,
     ``.artifact.tmp-*``). Other files (the user's, Hydra's ``.hydra/`` and log) are kept. Returns the names
     removed."""
     out_dir = Path(out_dir)
@@ -153,7 +153,11 @@ def clear_run_folder(out_dir, *, also=()):
     if artifact.is_dir() and (artifact / "manifest.json").is_file():
         shutil.rmtree(artifact)
         removed.append("artifact/")
-    for name in ("artifact", *names):  # leftovers of killed atomic writes: .<name>.<random>[.tmp]
+    monitor = out_dir / "monitor"
+    if monitor.is_dir() and not monitor.is_symlink() and (monitor / "monitor.json").is_file():
+        shutil.rmtree(monitor)  # the shift monitor's report (experiments/calibrate.py monitor.target=...)
+        removed.append("monitor/")
+    for name in ("artifact", "monitor", *names):  # leftovers of killed atomic writes: .<name>.<random>[.tmp]
         for path in out_dir.glob(f".{name}.*"):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)

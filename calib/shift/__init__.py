@@ -2,15 +2,19 @@
 
 This package is an algorithm package (numpy and the standard library at module level, like
 :mod:`calib.calibrators`, :mod:`calib.conformal` and :mod:`calib.policy`), so the numpy-only runtime can
-serve what it fits. It will hold, each as a module here and never spread over ``calib/policy``:
+serve what it fits. It holds, each as a module here and never spread over ``calib/policy``:
 
-- reference statistics stored in the artifact at fit time (class prior, confusion matrix, confidence
-  sample) as a registered component;
-- label-shift estimation (EM prior adjustment, BBSE) and adaptation (prior-corrected probabilities,
-  weighted conformal predictors as new :class:`calib.conformal.scores.Score`-based predictors);
-- label-free monitoring of a serving stream (estimated accuracy, drift tests).
+- :mod:`~calib.shift.reference`: reference statistics stored in the artifact at fit time (class counts,
+  confusion matrix, confidence and novelty-score samples, the ATC threshold, the policy's fit-time rates) as a
+  registered component;
+- :mod:`~calib.shift.label_shift`: label-shift estimation (EM prior adjustment, BBSE) and prior-corrected
+  probabilities; :mod:`~calib.shift.conformal`: label-shift-weighted split conformal;
+  :mod:`~calib.shift.adapt`: routing thresholds re-chosen under the weights;
+- :mod:`~calib.shift.monitor`: label-free monitoring of a serving batch (estimated accuracy, drift tests,
+  conformal novelty p-values), from the calibration arrays or from a reference alone.
 
-The shift *report* of an experiment (which guarantees break when the test distribution differs from
+The report of a serving batch against an artifact (``calib monitor``) is evaluation:
+:mod:`calib.evaluation.monitor`. The shift *report* of an experiment (which guarantees break when the test distribution differs from
 the calibration one) is evaluation: :mod:`calib.evaluation.shift_report`.
 """
 

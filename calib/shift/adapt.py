@@ -19,41 +19,66 @@ the policy on that class.
 threshold exactly (``ThresholdPolicy`` takes the ``ceil(target_coverage n)``-th largest confidence). No guarantee.
 
 **risk_control** (``RiskControlPolicy``): Learn then Test (Angelopoulos, Bates, Candès, Jordan & Lei 2021,
-arXiv:2110.01052) with a weighted loss. For a threshold ``lam`` let ``a_y = P(answered & wrong | y)`` and
+arXiv:2110.01052) under the weights. For a threshold ``lam`` let ``a_y = P(answered & wrong | y)`` and
 ``b_y = P(answered | y)`` (the same at calibration and serving). The target selective risk is
-``R_q(lam) = sum_y q_y a_y / sum_y q_y b_y``, so ``R_q(lam) > r  <=>  sum_y q_y (a_y - r b_y) > 0``. With row
-weights ``c_i = w(y_i) / sum_j w(y_j) = q(y_i) / n_{y_i}`` and losses ``l_i = 1{answered & wrong} - r 1{answered}``
-(in ``[-r, 1 - r]``, range 1),
+``R_q(lam) = sum_y q_y a_y / sum_y q_y b_y``, so ``R_q(lam) > r  <=>  sum_y q_y (a_y - r b_y) > 0``. Everything
+below is conditional on the class counts ``n_y`` (given them, the rows of class ``y`` are iid draws of
+``p(x | y)``), hence valid unconditionally too. Two level-``alpha`` tests of ``H0: R_q(lam) > r`` (``bound``):
 
-    S(lam) = sum_i c_i l_i = sum_y q_y * (mean of l over the n_y calibration rows of class y).
+``bound="per_class_binomial"`` (the default). Given ``n_y``, the counts ``e_y(lam) = #(answered & wrong, class y)``
+and ``m_y(lam) = #(answered, class y)`` are ``Binomial(n_y, a_y)`` and ``Binomial(n_y, b_y)``. With one-sided
+Clopper-Pearson bounds at level ``alpha / (2K)`` (``K`` = number of classes with ``q_y > 0``; Bonferroni over the
+``2K`` bounds) -- ``U_y`` an upper bound of ``a_y`` and ``L_y`` a lower bound of ``b_y`` -- reject iff
+``sum_y q_y U_y <= r sum_y q_y L_y``. If H0 holds and all ``2K`` bounds hold, ``sum q U >= sum q a > r sum q b >=
+r sum q L``: no rejection; so ``P(reject | H0) <= alpha``. The bounds use each class's variance (errors are rare
+Bernoulli events), which Hoeffding ignores; the price is the Bonferroni split over ``2K`` bounds and classes with
+few rows (a class of ``n_y`` rows never gets ``U_y`` below ``1 - (alpha / 2K)^(1 / n_y)``). On the c10lt benchmark
+(``python bench/shift_policy.py``; K = 10, 273-2,507 rows a class) it certifies strictly more than Hoeffding
+(see docs/shift.md, "Routing under label shift"), hence the default. With many classes and few rows per class
+(hundreds of classes, tens of rows each) Hoeffding may do better; try both (``bound="hoeffding"``). The report's
+``risk_upper_bound`` is ``sum q U / sum q L`` at the returned threshold (at the level its walk used): the bound the
+test compared with ``r`` there; no p-value is reported for this bound (``risk_pvalue`` is None).
 
-Conditional on the class counts the rows of class ``y`` are iid draws of ``p(x | y)``, so ``S`` is a weighted sum
-of independent variables of range ``c_i``, with ``E S = sum_y q_y (a_y - r b_y)``. Hoeffding (1963, "Probability
-inequalities for sums of bounded random variables", JASA 58) gives ``P(S - E S <= -t) <= exp(-2 t^2 / sum_i c_i^2)``;
-under H0 ``E S > 0``, so ``p(lam) = exp(-2 max(0, -S)^2 / sum_i c_i^2)`` (1 when ``S >= 0``) is a valid p-value,
-conditionally on the counts and hence unconditionally. Everything else is :func:`calib.policy.ltt_threshold`'s:
-the same grid (distinct calibration confidences, or ``grid_size`` quantiles), fixed-sequence testing from the most
-conservative threshold, the same families (``multi_start``: 4 starts at level delta / 4, Bonferroni;
-``fixed_sequence``: one at delta), the least conservative rejected threshold returned.
+``bound="hoeffding"``. With row weights ``c_i = w(y_i) / sum_j w(y_j) = q(y_i) / n_{y_i}`` and losses
+``l_i = 1{answered & wrong} - r 1{answered}`` (in ``[-r, 1 - r]``, range 1),
 
-Starts are label-free. With ``m`` rows answered, an error rate of ``r / 2`` among them (the rule of
-``ltt_threshold``'s ``n_min``) and the most favourable weights within the range ``[w_min, w_max]`` of the weight
-vector (answered rows at ``w_max``, the others at ``w_min``; by Cauchy-Schwarz no other placement does better),
-the Hoeffding exponent is ``2 (r/2)^2 m^2 / (m + (n - m) rho^2)``, ``rho = w_min / w_max``. The first start is the
-first grid threshold answering the smallest ``m`` for which that exponent reaches ``log(1 / level)``: a function of
-the confidences, n, r, delta and the weight range only, never of the labels. (With unit weights: ``m^2 / n``.)
+    S(lam) = sum_i c_i l_i = sum_y q_y * (mean of l over the n_y calibration rows of class y),
 
-Escalation budget ``b``: the same with losses ``1{escalated} - b`` (``H0: E_q(lam) > b``), walked up from the
-lowest threshold; with both a risk target and a budget, each at delta / 2 (Bonferroni), as ``ltt_threshold`` does.
+a weighted sum of independent variables of range ``c_i`` with ``E S = sum_y q_y (a_y - r b_y)``. Hoeffding (1963,
+"Probability inequalities for sums of bounded random variables", JASA 58) gives
+``P(S - E S <= -t) <= exp(-2 t^2 / sum_i c_i^2)``; under H0 ``E S > 0``, so
+``p(lam) = exp(-2 max(0, -S)^2 / sum_i c_i^2)`` (1 when ``S >= 0``) is a valid p-value (the report's
+``risk_pvalue`` at the returned threshold).
+
+Everything else is :func:`calib.policy.ltt_threshold`'s: the same grid (distinct calibration confidences, or
+``grid_size`` quantiles), fixed-sequence testing from the most conservative threshold (each threshold's decision at
+the sequence's level; stop at the first non-rejection), the same families (``multi_start``: 4 starts at level
+delta / 4, Bonferroni; ``fixed_sequence``: one at delta), the least conservative rejected threshold returned.
+
+Starts are label-free (given the class counts): the first grid threshold answering at least ``m_min`` rows, where
+``m_min`` is the smallest number answered for which the test would reject on "typical" data with an error rate of
+``r / 2`` among the answered (the rule of ``ltt_threshold``'s ``n_min``). Hoeffding: the most favourable weights
+within the range ``[w_min, w_max]`` of the weight vector (answered rows at ``w_max``, the others at ``w_min``; by
+Cauchy-Schwarz no other placement does better) give the exponent ``2 (r/2)^2 m^2 / (m + (n - m) rho^2)``,
+``rho = w_min / w_max``; ``m_min`` is the smallest ``m`` reaching ``log(1 / level)`` (unit weights: ``m^2 / n``).
+Per-class binomial: every class answered in the same share ``m / n`` (``m_y = m n_y / n``, ``e_y = (r / 2) m_y``,
+real-valued in the Beta quantiles) and the rule above; ``m_min`` is found by bisection over ``m`` in ``1..n``
+(the condition grows with ``m`` wherever we looked; the start is label-free whatever it is, so the guarantee does
+not rest on that). Both use the confidences, n, the class counts, r, delta and the weights only, never which row
+has which label.
+
+Escalation budget ``b``: ``E_q(lam) = sum_y q_y (1 - b_y)``, ``H0: E_q(lam) > b``, walked up from the lowest
+threshold. Per-class binomial: reject iff ``sum_y q_y V_y <= b`` with ``V_y`` the Clopper-Pearson upper bound of
+``1 - b_y`` at level ``level / K``; Hoeffding: losses ``1{escalated} - b``. With both a risk target and a budget,
+each at delta / 2 (Bonferroni), as ``ltt_threshold`` does.
 
 What is guaranteed: ``P(R_q(threshold) > r) <= delta`` over the calibration draw **if the weights are the true**
-``q / p^``; estimated weights carry their own error, which this does not cover. Hoeffding ignores the variance of
-the losses (a binomial test uses it), so with unit weights the threshold is more conservative than
-``RiskControlPolicy``'s (each report's ``notes`` measure by how much on the data at hand): with ~10^4 calibration
-rows, risk targets near 0.02 are rarely certifiable at all. Nothing certified: the returned policy escalates every
-item (its fixed threshold lies above every possible confidence, see :func:`reweight_policy`).
+``q / p^``; estimated weights carry their own error, which this does not cover. Both tests are more conservative
+than ``RiskControlPolicy``'s pooled binomial test with unit weights (each report's ``notes`` measure by how much on
+the data at hand). Nothing certified: the returned policy escalates every item (its fixed threshold lies above
+every possible confidence, see :func:`reweight_policy`).
 
-numpy and the standard library at module level; scipy is not needed.
+numpy and the standard library at module level; scipy (the Beta quantiles) is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -64,17 +89,25 @@ import warnings
 
 import numpy as np
 
-from calib._validation import check_labels, check_probs
+from calib._validation import check_choice, check_labels, check_probs
 from calib.policy import RiskControlPolicy, RoutingPolicy, ThresholdPolicy
-from calib.policy.guarantees import FAMILIES, _fixed_sequence, _grid, ltt_threshold
+from calib.policy.guarantees import FAMILIES, _grid, binomial_upper_bound, ltt_threshold
 from calib.selective import _confidence_scores, confidence_domain
 from calib.shift.conformal import check_weights
 from calib.shift.label_shift import LabelShiftEstimate
 
-__all__ = ["METHODS", "WeightedThreshold", "hoeffding_pvalues", "reweight_policy", "weighted_risk_pvalues"]
+__all__ = ["BOUNDS", "DEFAULT_BOUND", "METHODS", "WeightedThreshold", "hoeffding_pvalues", "per_class_risk_bounds",
+           "reweight_policy", "weighted_risk_pvalues"]
 
 #: ``WeightedThreshold.method`` values
-METHODS = ("weighted_ltt_hoeffding", "weighted_quantile", "fixed")
+METHODS = ("weighted_ltt_per_class_binomial", "weighted_ltt_hoeffding", "weighted_quantile", "fixed")
+#: tests of ``H0: R_q(lam) > r`` :func:`reweight_policy` offers (``bound=``; see the module docstring)
+BOUNDS = ("per_class_binomial", "hoeffding")
+#: the default: it certifies more than Hoeffding on every c10lt model and risk of ``bench/shift_policy.py``
+DEFAULT_BOUND = "per_class_binomial"
+_METHOD_OF = {"per_class_binomial": "weighted_ltt_per_class_binomial", "hoeffding": "weighted_ltt_hoeffding"}
+_BOUND_WORDS = {"per_class_binomial": "per-class Clopper-Pearson bounds, Bonferroni over the classes",
+                "hoeffding": "weighted Hoeffding p-values"}
 #: policies :func:`reweight_policy` refits, and why the others are refused
 REWEIGHTABLE = ("threshold", "risk_control")
 _WHY_NOT = {
@@ -92,7 +125,10 @@ class WeightedThreshold:
     estimates under the target prior at that threshold (calibration rows weighted by ``w(y_i)``);
     ``original_threshold``: the unweighted policy's threshold (the fitted one's, or a fit on the same rows);
     ``effective_sample_size``: ``(sum_i w(y_i))^2 / sum_i w(y_i)^2``; ``risk_pvalue``: the Hoeffding p-value at
-    the returned threshold (None without a risk target or when nothing is answered)."""
+    the returned threshold (``bound="hoeffding"``; None otherwise, without a risk target or when nothing is
+    certified); ``risk_upper_bound``: ``sum_y q_y U_y / sum_y q_y L_y`` at the returned threshold
+    (``bound="per_class_binomial"``, the bound its test compared with the target risk there, at the level of the
+    walk that certified it; None otherwise or when nothing is certified)."""
 
     threshold: float
     certified: bool | None
@@ -111,6 +147,7 @@ class WeightedThreshold:
     family: str | None
     statement: str
     notes: tuple = ()
+    risk_upper_bound: float | None = None
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -172,55 +209,166 @@ def weighted_risk_pvalues(confidence, wrong, row_weights, target_risk, *, grid_s
     return grid, s, hoeffding_pvalues(s, sum_sq)
 
 
-def _weighted_ltt(conf, wrong, row_w, *, target_risk, delta, max_escalation, grid_size, family, w_range):
-    """Weighted Learn then Test with Hoeffding p-values; returns (threshold, certified, n_tested, risk p-value at
-    it or None, message). ``threshold`` is +inf (risk target, nothing certified) or -inf (budget alone)."""
+def _per_class_sums(conf, wrong, labels, w, grid_size, alpha_risk, alpha_esc):
+    """``(grid, n_ans, sums)``: the grid (descending, :func:`calib.policy.ltt_threshold`'s), rows answered at each
+    threshold, and over the classes with ``q_y = w_y n_y / sum_j w_j n_j > 0`` the sums (each an array over the
+    grid) ``risk_upper = sum_y q_y U_y``, ``risk_lower = sum_y q_y L_y`` (``alpha_risk`` given) and
+    ``esc_upper = sum_y q_y V_y`` (``alpha_esc`` given): one-sided Clopper-Pearson bounds at level ``alpha_*`` each,
+    ``U_y`` upper of ``P(answered & wrong | y)``, ``L_y`` lower of ``P(answered | y)``, ``V_y`` upper of
+    ``P(escalated | y)``. One loop over the classes; the bounds are tabulated once per class for every count
+    ``0..n_y`` (``2 (n + K)`` Beta quantiles in all) and gathered along the grid."""
+    from scipy.stats import beta
+
+    n, k = conf.size, w.size
+    order = np.argsort(-conf, kind="stable")
+    cs = conf[order]
+    grid = _grid(cs, grid_size)
+    n_ans = n - np.searchsorted(cs[::-1], grid, side="left")
+    ys = labels[order]
+    wrong_sorted = (wrong[order] != 0).astype(np.int64)
+    counts = np.bincount(ys, minlength=k)
+    q = w * counts
+    q = q / q.sum()
+    by_class = np.argsort(ys, kind="stable")  # sorted positions grouped by class, ascending within each class
+    edges = np.concatenate([[0], np.cumsum(counts)])
+    names = ([] if alpha_risk is None else ["risk_upper", "risk_lower"]) + ([] if alpha_esc is None else ["esc_upper"])
+    sums = {name: np.zeros(grid.size) for name in names}
+    for y in np.flatnonzero(q > 0):
+        pos = by_class[edges[y]:edges[y + 1]]
+        n_y = int(counts[y])
+        m = np.searchsorted(pos, n_ans, side="left")  # class-y rows among the n_ans most confident
+        j = np.arange(n_y + 1, dtype=np.float64)  # every possible count
+        if alpha_risk is not None:
+            e = np.concatenate([[0], np.cumsum(wrong_sorted[pos])])[m]
+            u_tab = binomial_upper_bound(j, float(n_y), alpha_risk)
+            l_tab = np.zeros(n_y + 1)
+            l_tab[1:] = beta.ppf(alpha_risk, j[1:], n_y - j[1:] + 1.0)  # lower CP bound; 0 after 0 answered
+            sums["risk_upper"] += q[y] * u_tab[e]
+            sums["risk_lower"] += q[y] * l_tab[m]
+        if alpha_esc is not None:
+            v_tab = binomial_upper_bound(n_y - j, float(n_y), alpha_esc)  # n_y - m escalated
+            sums["esc_upper"] += q[y] * v_tab[m]
+    return grid, n_ans, sums
+
+
+def per_class_risk_bounds(confidence, wrong, labels, class_weights, alpha, *, grid_size=None):
+    """``(grid, upper, lower)``: for each threshold ``lam`` of the grid (descending), ``upper = sum_y q_y U_y(lam)``
+    and ``lower = sum_y q_y L_y(lam)`` with ``q_y = class_weights[y] n_y / sum_j class_weights[j] n_j`` and
+    ``U_y`` / ``L_y`` the one-sided Clopper-Pearson upper bound of ``P(answered & wrong | y)`` / lower bound of
+    ``P(answered | y)`` at level ``alpha`` each (the caller divides its level by ``2K``). The per-class binomial
+    test rejects ``H0: R_q(lam) > r`` iff ``upper <= r * lower`` (see the module docstring). Inputs are taken as
+    they come (float64 confidences and 0/1 errors, int labels, (k,) weights; :func:`reweight_policy` validates).
+
+    >>> g, u, l = per_class_risk_bounds(np.array([0.9, 0.6]), np.array([0.0, 1.0]), np.array([0, 0]), np.ones(1), 0.1)
+    >>> g.tolist(), u.round(4).tolist(), l.round(4).tolist()
+    ([0.9, 0.6], [0.6838, 0.9487], [0.0513, 0.3162])
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    grid, _, sums = _per_class_sums(conf, np.asarray(wrong, dtype=np.float64), np.asarray(labels, dtype=np.int64),
+                                    np.asarray(class_weights, dtype=np.float64), grid_size, float(alpha), None)
+    return grid, sums["risk_upper"], sums["risk_lower"]
+
+
+def _binomial_start_size(r, alpha, n, n_y, q):
+    """Label-free start of the per-class binomial walk: the smallest ``m`` in ``1..n`` (bisection; ``n + 1`` when
+    ``m = n`` does not qualify) for which every class answered in the share ``m / n`` (``m_y = m n_y / n``) with an
+    error rate ``r / 2`` (``e_y = r m_y / 2``) would be rejected: ``sum q_y U_y <= r sum q_y L_y``, Clopper-Pearson
+    bounds at level ``alpha`` with real-valued counts. ``n_y``, ``q``: the classes with ``q_y > 0``."""
+    from scipy.stats import beta
+
+    def rejects(m):
+        m_y = m * n_y / n
+        e_y = 0.5 * r * m_y
+        upper = beta.ppf(1.0 - alpha, e_y + 1.0, n_y - e_y)
+        lower = beta.ppf(alpha, m_y, n_y - m_y + 1.0)
+        return float(q @ upper) <= r * float(q @ lower)
+
+    if not rejects(n):
+        return n + 1
+    lo, hi = 0, n  # rejects(hi); m = 0 answers nothing and never rejects
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if rejects(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _leading(ok):
+    """Number of leading True values (fixed-sequence testing: rejections up to the first non-rejection)."""
+    fail = np.flatnonzero(~ok)
+    return int(fail[0]) if fail.size else int(ok.size)
+
+
+def _weighted_ltt(conf, wrong, labels, w, *, bound, target_risk, delta, max_escalation, grid_size, family):
+    """Weighted Learn then Test (``bound``: "per_class_binomial" or "hoeffding"); ``w``: (k,) class weights, max 1.
+    Returns (threshold, certified, n_tested, risk p-value at it or None, risk upper bound at it or None, message).
+    ``threshold`` is +inf (risk target, nothing certified) or -inf (budget alone)."""
     n = conf.size
     n_starts = FAMILIES[family]
     level = delta / 2 if (target_risk is not None and max_escalation is not None) else delta
-    order, c, sum_sq, grid, n_ans = _sorted_weighted(conf, row_w, grid_size)
-    cum_c = np.cumsum(c)
-    ans_mass = _prefix(cum_c, n_ans)  # sum of c over the answered rows
+    lvl = level / n_starts  # each risk sequence
+    rej_b = rej_r = p_r = ratio = None
+    if bound == "hoeffding":
+        order, c, sum_sq, grid, n_ans = _sorted_weighted(conf, w[labels], grid_size)
+        if max_escalation is not None:
+            # S_b(lam) = sum_i c_i (1{escalated} - b) = (sum c - answered mass) - b
+            cum_c = np.cumsum(c)
+            rej_b = hoeffding_pvalues((cum_c[-1] - _prefix(cum_c, n_ans)) - max_escalation, sum_sq) <= level
+        if target_risk is not None:
+            m_min = _start_size(target_risk, lvl, n, float(w.min()) / float(w.max()))  # label-free: weight range
+            p_r = hoeffding_pvalues(_prefix(np.cumsum(c * (wrong[order] - target_risk)), n_ans), sum_sq)
+            rej_r = p_r <= lvl
+    else:
+        counts = np.bincount(labels, minlength=w.size)
+        present = (w > 0) & (counts > 0)
+        n_cls = int(present.sum())
+        grid, n_ans, sums = _per_class_sums(conf, wrong, labels, w, grid_size,
+                                            None if target_risk is None else lvl / (2 * n_cls),
+                                            None if max_escalation is None else level / n_cls)
+        if max_escalation is not None:
+            rej_b = sums["esc_upper"] <= max_escalation
+        if target_risk is not None:
+            q = w[present] * counts[present]
+            m_min = _binomial_start_size(target_risk, lvl / (2 * n_cls), n, counts[present].astype(np.float64), q)
+            rej_r = sums["risk_upper"] <= target_risk * sums["risk_lower"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = sums["risk_upper"] / sums["risk_lower"]
 
     ok = np.ones(grid.size, dtype=bool)
     n_tested = 0
-    p_r = None
-    if max_escalation is not None:
-        # S_b(lam) = sum_i c_i (1{escalated} - b) = (sum c - answered mass) - b
-        s_b = ((cum_c[-1] - ans_mass) - max_escalation)[::-1]  # walk up from the lowest threshold
-        k_b = _fixed_sequence(hoeffding_pvalues(s_b, sum_sq), level)
+    if rej_b is not None:
+        k_b = _leading(rej_b[::-1])  # walk up from the lowest threshold
         n_tested += grid.size if k_b == grid.size else k_b + 1
         ok_b = np.zeros(grid.size, dtype=bool)
         ok_b[grid.size - k_b:] = True
         ok &= ok_b
-    if target_risk is not None:
-        lvl = level / n_starts
-        w_lo, w_hi = w_range
-        m_min = _start_size(target_risk, lvl, n, w_lo / w_hi)
+    if rej_r is not None:
         first = int(np.searchsorted(n_ans, m_min, side="left"))
         starts = (np.unique(np.linspace(first, grid.size, n_starts + 1)[:-1].astype(np.int64)) if first < grid.size
                   else np.array([], dtype=np.int64))
-        s_r = _prefix(np.cumsum(c * (wrong[order] - target_risk)), n_ans)  # l_i = 1{wrong} - r, answered rows
-        p_r = hoeffding_pvalues(s_r, sum_sq)
         ok_r = np.zeros(grid.size, dtype=bool)
         for start in starts:
-            k_r = _fixed_sequence(p_r[start:], lvl)
+            k_r = _leading(rej_r[start:])
             n_tested += (grid.size - start) if k_r == grid.size - start else k_r + 1
             ok_r[start:start + k_r] = True
         ok &= ok_r
     if ok.any():
         i = int(np.flatnonzero(ok)[-1]) if target_risk is not None else int(np.flatnonzero(ok)[0])
-        return float(grid[i]), True, n_tested, (None if p_r is None else float(p_r[i])), ""
+        return (float(grid[i]), True, n_tested, None if p_r is None else float(p_r[i]),
+                None if ratio is None else float(ratio[i]), "")
+    row_w = w[labels]
     if target_risk is not None:
         msg = (f"No confidence threshold certified target selective risk <= {target_risk} with probability >= "
                f"1 - {delta} on {n} weighted calibration items (effective sample size "
                f"{row_w.sum() ** 2 / np.dot(row_w, row_w):.0f})"
                + (f" within escalation budget {max_escalation}" if max_escalation is not None else "")
                + "; escalating every item.")
-        return math.inf, False, n_tested, None, msg
+        return math.inf, False, n_tested, None, None, msg
     msg = (f"No threshold certified target escalation rate <= {max_escalation} with probability >= 1 - {delta}; "
            "answering every item (no escalation).")
-    return -math.inf, False, n_tested, None, msg
+    return -math.inf, False, n_tested, None, None, msg
 
 
 def _as_weights(weights, k, counts):
@@ -265,7 +413,7 @@ def _check_policy(policy, k):
                          f"{policy.n_classes_} classes.")
 
 
-def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
+def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None, bound=DEFAULT_BOUND):
     """Re-choose a routing threshold for a label-shifted target: returns ``(fitted ThresholdPolicy,
     WeightedThreshold)`` (see the module docstring for the method and what is guaranteed).
 
@@ -280,6 +428,11 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
     weights : (k,) importance weights ``w(y) = q(y) / p^(y)`` (finite, ``>= 0``, not all 0; only ratios matter), or
         a :class:`~calib.shift.LabelShiftEstimate` (its ``weights``).
     fallback : (n,) per-item fallback labels of the calibration rows, optional (needed for ``fallback="extras"``).
+    bound : {"per_class_binomial", "hoeffding"}, default "per_class_binomial"
+        The test of ``H0: R_q(lam) > r`` (and of the escalation budget) for ``RiskControlPolicy`` (see the module
+        docstring). The default certifies more on the c10lt benchmark (``python bench/shift_policy.py``:
+        per-class Clopper-Pearson bounds use the small variance of rare errors, Hoeffding does not); both are
+        valid. Ignored (but checked) for ``ThresholdPolicy``.
 
     The returned policy is ``ThresholdPolicy(threshold=t, ...)`` fitted on the calibration rows; when the fallback
     mode is ``"majority"`` its majority class is that of the target prior the weights stand for. ``ThresholdPolicy``
@@ -293,6 +446,7 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
     >>> rep.method, pol.threshold_, rep.weighted_coverage
     ('weighted_quantile', 0.7, 0.625)
     """
+    bound = check_choice(bound, "bound", BOUNDS)
     p = check_probs(cal_probs, "cal_probs")
     n, k = p.shape
     y = check_labels(cal_labels, "cal_labels", n_samples=n, n_classes=k, rows_of="cal_probs")
@@ -318,7 +472,7 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
             original = float(policy.clone().fit(p, y, fallback=fallback).threshold_)
 
     g = {"target_risk": None, "delta": None, "max_escalation": None, "target_coverage": None, "family": None,
-         "n_tested": 0, "risk_pvalue": None, "certified": None}
+         "n_tested": 0, "risk_pvalue": None, "risk_upper_bound": None, "certified": None}
     if isinstance(policy, ThresholdPolicy) and params["threshold"] is not None:
         t, method = float(params["threshold"]), "fixed"
         statement = ("A fixed threshold: unchanged under label shift (the weights change how many target items it "
@@ -336,13 +490,12 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
                      "estimate of the target automation rate, if the weights are the true q/p; no guarantee.")
     else:
         fam = params["family"]
-        t, certified, n_tested, pval, msg = _weighted_ltt(
-            conf, wrong, row_w, target_risk=params["target_risk"], delta=params["delta"],
-            max_escalation=params["max_escalation"], grid_size=params["grid_size"], family=fam,
-            w_range=(float(w.min()), float(w.max())))  # label-free: the weight vector's range
-        method = "weighted_ltt_hoeffding"
+        t, certified, n_tested, pval, r_ub, msg = _weighted_ltt(
+            conf, wrong, y, w, bound=bound, target_risk=params["target_risk"], delta=params["delta"],
+            max_escalation=params["max_escalation"], grid_size=params["grid_size"], family=fam)
+        method = _METHOD_OF[bound]
         g.update(target_risk=params["target_risk"], delta=params["delta"], max_escalation=params["max_escalation"],
-                 family=fam, n_tested=n_tested, risk_pvalue=pval, certified=certified)
+                 family=fam, n_tested=n_tested, risk_pvalue=pval, risk_upper_bound=r_ub, certified=certified)
         events = []
         if params["target_risk"] is not None:
             events.append(f"R_q(threshold) > {params['target_risk']:g}")
@@ -351,13 +504,13 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
         statement = (f"P({' or '.join(events)}) <= {params['delta']:g} over the calibration draw, where R_q is the "
                      "selective risk P(wrong | answered) and E_q the escalation rate under the target prior q the "
                      "weights stand for (q(y) proportional to w(y) n_y), *if the weights are the true q/p*; estimated "
-                     "weights carry their own error, not covered (Learn then Test with weighted Hoeffding p-values, "
+                     f"weights carry their own error, not covered (Learn then Test with {_BOUND_WORDS[bound]}, "
                      f"{FAMILIES[fam]} fixed sequence(s) from label-free starts). Requires label shift: p(x | y) "
                      "unchanged between calibration and serving.")
         if msg:
             notes.append(msg)
             warnings.warn(msg, UserWarning, stacklevel=2)
-        notes.append(_conservativeness(conf, wrong, params))
+        notes.append(_conservativeness(conf, wrong, y, params, bound))
         if t == math.inf:
             t = float(np.nextafter(hi, math.inf))
         elif t == -math.inf:
@@ -383,14 +536,18 @@ def reweight_policy(policy, cal_probs, cal_labels, weights, *, fallback=None):
     return out, report
 
 
-def _conservativeness(conf, wrong, params):
-    """A note measuring, on these rows with unit weights, the Hoeffding test against RiskControlPolicy's binomial."""
+def _conservativeness(conf, wrong, labels, params, bound):
+    """A note measuring, on these rows with unit weights, the chosen test against RiskControlPolicy's pooled
+    binomial one."""
     kw = {k: params[k] for k in ("target_risk", "delta", "max_escalation", "grid_size", "family")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         binom = ltt_threshold(conf, wrong == 0, **kw).threshold
-    hoeff = _weighted_ltt(conf, wrong, np.ones(conf.size), w_range=(1.0, 1.0), **kw)[0]
-    share = {t: float(np.mean(conf >= t)) for t in (hoeff, binom)}
-    return (f"Hoeffding vs binomial Learn then Test on these rows with unit weights (no shift): thresholds {hoeff:.6g} "
-            f"vs {binom:.6g}, answering {share[hoeff]:.1%} vs {share[binom]:.1%} of calibration rows (Hoeffding "
-            "ignores the variance of the losses; the price of a bound that allows weights).")
+    ours = _weighted_ltt(conf, wrong, labels, np.ones(int(labels.max()) + 1), bound=bound, **kw)[0]
+    share = {t: float(np.mean(conf >= t)) for t in (ours, binom)}
+    name, why = {"hoeffding": ("Hoeffding", "Hoeffding ignores the variance of the losses"),
+                 "per_class_binomial": ("Per-class binomial", "Bonferroni over 2 bounds per class, each on that "
+                                        "class's rows only")}[bound]
+    return (f"{name} vs binomial Learn then Test on these rows with unit weights (no shift): thresholds {ours:.6g} "
+            f"vs {binom:.6g}, answering {share[ours]:.1%} vs {share[binom]:.1%} of calibration rows ({why}; the "
+            "price of a bound that allows weights).")
