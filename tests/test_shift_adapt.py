@@ -1,10 +1,13 @@
 """calib.shift.adapt.reweight_policy: routing thresholds re-chosen under label-shift weights.
 
-Unit weights reproduce the unweighted ThresholdPolicy quantile exactly and are never less conservative than
+Unit weights reproduce the unweighted ThresholdPolicy quantile exactly and (Hoeffding) are never less conservative than
 RiskControlPolicy's binomial Learn then Test; the weighted quantile and the Hoeffding statistic S(lam) / p(lam) on a
 tiny example computed by hand; validity by simulation in a two-class label-shift model whose target selective risk is
 known in closed form (the reweighted policy violates at most at rate delta, the unweighted one nearly always);
-real logits (c10lt_resnet110, long-tailed -> balanced); bad inputs; artifact round trip."""
+real logits (c10lt_resnet110, long-tailed -> balanced); bad inputs; artifact round trip. The three tests of
+H0 "R_q > r" (bound="bernstein", the default; "hoeffding"; "per_class_binomial"): validity by simulation for each,
+Bernstein's inequality at the exact boundary of H0, the per-threshold statistics against hand computations with
+scipy.stats.beta, and the Bernstein and per-class rules against brute-force loop implementations."""
 
 import dataclasses
 import json
@@ -29,7 +32,15 @@ from calib.shift import (
     estimate_label_shift,
     reweight_policy,
 )
-from calib.shift.adapt import _start_size, weighted_risk_pvalues
+from calib.shift.adapt import (
+    BOUNDS,
+    DEFAULT_BOUND,
+    _start_size,
+    bernstein_deviation,
+    per_class_risk_bounds,
+    weighted_risk_bernstein,
+    weighted_risk_pvalues,
+)
 from calib.stats import binom_greater_pvalue
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,7 +118,7 @@ def test_unit_weights_hoeffding_more_conservative_than_binomial_ltt():
     for family in ("multi_start", "fixed_sequence"):
         pol = RiskControlPolicy(target_risk=0.1, delta=0.1, family=family)
         binom = pol.clone().fit(p, y)
-        out, rep = reweight_policy(pol, p, y, np.ones(2))
+        out, rep = reweight_policy(pol, p, y, np.ones(2), bound="hoeffding")
         assert binom.guarantee_.certified and rep.certified  # both certify: the comparison is not trivial
         assert out.threshold_ >= binom.threshold_
         assert rep.original_threshold == binom.threshold_
@@ -189,7 +200,8 @@ def test_report_is_json_serialisable():
     from calib._json import to_json
 
     p, y = _draw(np.random.default_rng(12), 6000, P_SRC)
-    _, rep = reweight_policy(RiskControlPolicy(target_risk=0.2, delta=0.1), p, y, _weights_from_counts(y))
+    _, rep = reweight_policy(RiskControlPolicy(target_risk=0.2, delta=0.1), p, y, _weights_from_counts(y),
+                             bound="hoeffding")
     d = rep.to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(WeightedThreshold)}
     assert json.loads(json.dumps(to_json(d)))["method"] == "weighted_ltt_hoeffding" and 0 < d["risk_pvalue"] <= 0.1 / 4
@@ -215,14 +227,15 @@ def test_hoeffding_pvalue_is_valid_for_a_known_mean():
 # ---------------------------------------------------------------------------------------------------------------
 # Validity by simulation
 # ---------------------------------------------------------------------------------------------------------------
-def _simulate(n_runs, n_cal, delta, r, seed):
+def _simulate(n_runs, n_cal, delta, r, seed, bound="hoeffding"):
     rng = np.random.default_rng(seed)
     viol_w = viol_u = certified = 0
     for _ in range(n_runs):
         p, y = _draw(rng, n_cal, P_SRC)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            out, rep = reweight_policy(RiskControlPolicy(target_risk=r, delta=delta), p, y, _weights_from_counts(y))
+            out, rep = reweight_policy(RiskControlPolicy(target_risk=r, delta=delta), p, y, _weights_from_counts(y),
+                                       bound=bound)
             plain = RiskControlPolicy(target_risk=r, delta=delta).fit(p, y)
         certified += rep.certified
         viol_w += true_risk(out.threshold_, Q_TGT) > r
@@ -255,6 +268,364 @@ def test_validity_by_simulation_many_runs_smaller_n():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# bound="per_class_binomial": per-class Clopper-Pearson bounds, Bonferroni over the classes
+# ---------------------------------------------------------------------------------------------------------------
+def test_default_bound_is_bernstein():
+    # the bench (python bench/shift_policy.py) certifies the most with Bernstein on the c10lt models
+    assert DEFAULT_BOUND == "bernstein" and set(BOUNDS) == {"bernstein", "hoeffding", "per_class_binomial"}
+    p, y = _draw(np.random.default_rng(12), 6000, P_SRC)
+    pol = RiskControlPolicy(target_risk=0.2, delta=0.1)
+    out, rep = reweight_policy(pol, p, y, _weights_from_counts(y))
+    out_b, rep_b = reweight_policy(pol, p, y, _weights_from_counts(y), bound="bernstein")
+    assert rep.method == rep_b.method == "weighted_ltt_bernstein" and out.threshold_ == out_b.threshold_
+    assert rep.certified and rep.risk_pvalue is None and rep.risk_upper_bound is None
+    assert "Bernstein" in rep.statement and any("Bernstein vs binomial" in note for note in rep.notes)
+
+
+def test_bernstein_validity_by_simulation():
+    # as test_validity_by_simulation, with the default Bernstein test: 200 draws of 6000 rows, true weights (~12 s)
+    n_runs, delta, r = 200, 0.1, 0.2
+    viol_w, viol_u, certified = _simulate(n_runs, 6000, delta, r, seed=2026, bound="bernstein")
+    assert certified >= n_runs // 2
+    assert binom_greater_pvalue(viol_w, n_runs, delta) > 0.01, viol_w
+    assert binom_greater_pvalue(viol_u, n_runs, delta) < 1e-6, viol_u
+
+
+@pytest.mark.slow
+def test_bernstein_validity_by_simulation_r01():
+    # r = 0.1 (boundary lam = 0.796), where Hoeffding certified in 0 of 100 draws at n = 6000: 500 draws; ~30 s
+    n_runs, delta, r = 500, 0.1, 0.1
+    viol_w, viol_u, certified = _simulate(n_runs, 6000, delta, r, seed=98, bound="bernstein")
+    assert certified >= n_runs // 5  # not vacuous: it certifies in 180 of the 500 draws
+    assert binom_greater_pvalue(viol_w, n_runs, delta) > 0.01, viol_w
+    assert binom_greater_pvalue(viol_u, n_runs, delta) < 1e-6, viol_u
+
+
+def test_bernstein_inequality_at_the_boundary():
+    # Independent check of the inequality the test rests on (not of its code): two classes of n_y = (30, 120) rows,
+    # q = (1/2, 1/2) (class weights 4 : 1), per row answered & wrong w.p. a_y, answered & right w.p. b_y - a_y;
+    # r = sum q a / sum q b, so E S = 0 exactly (the boundary of H0). With the *true* variance V,
+    # P(S <= -t(V)) <= level; and the full test (variance bounds from the data) rejects at most at rate alpha.
+    rng = np.random.default_rng(17)
+    n_y, a, b = np.array([30, 120]), np.array([0.3, 0.05]), np.array([0.6, 0.5])
+    q = np.array([0.5, 0.5])
+    r = float(q @ a / (q @ b))
+    y = np.repeat([0, 1], n_y)
+    c = (q / n_y)[y]
+    reps = 20000
+    u = rng.random((reps, y.size))
+    wrong = u < a[y]
+    answered = u < b[y]
+    s = (c * (wrong - r * answered)).sum(1)
+    var_l = (1 - r) ** 2 * a + r * r * (b - a) - (a - r * b) ** 2  # Var(l | y), l in {1 - r, -r, 0}
+    v_true = float((q * q / n_y) @ var_l)
+    for level in (0.05, 0.1, 0.2):
+        hits = int((s <= -_bernstein_t(v_true, c.max(), level)).sum())
+        assert binom_greater_pvalue(hits, reps, level) > 1e-3, (level, hits / reps)
+    # the full test through weighted_risk_bernstein (answered rows at confidence 0.9, the others 0.1): 2000 draws
+    alpha, rejected = 0.2, 0
+    for i in range(2000):
+        conf = np.where(answered[i], 0.9, 0.1)
+        grid, s_i, t_i = weighted_risk_bernstein(conf, wrong[i].astype(float), y, np.array([4.0, 1.0]), r, alpha)
+        j = grid.tolist().index(0.9)
+        assert s_i[j] == pytest.approx(s[i], abs=1e-12)
+        rejected += bool(s_i[j] <= -t_i[j])
+    assert binom_greater_pvalue(rejected, 2000, alpha) > 1e-3, rejected
+
+
+def test_bernstein_statistic_by_hand():
+    # the 10 rows of test_per_class_bounds_by_hand, weights (1, 2): q = (3/7, 4/7), c = q_y / n_y = (1/14, 1/7);
+    # r = 0.3, alpha = 0.2: variance bounds at 0.2 / (4 * 2) = 0.025 each, Bernstein at 0.1, M = 1/7.
+    #   lam = 0.8: answered 0.95 (c0 right), 0.9 (c1 right), 0.85 (c0 right), 0.8 (c0 wrong):
+    #              S = (-0.3 - 0.6 - 0.3 + 0.7) / 14 = -1/28; class 0: e = 1, m = 3; class 1: e = 0, m = 1
+    #   lam = 0.5: everything; class 0: 2 wrong of 6 -> 2 * 0.7 - 4 * 0.3 = 0.2, times 1/14; class 1: 1 wrong of
+    #              4 -> 0.7 - 0.9 = -0.2, times 1/7: S = 0.2/14 - 0.4/14 = -1/70; class 0: e = 2, m = 6; class 1: 1, 4
+    conf = np.round(np.arange(0.95, 0.49, -0.05), 2)
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 0, 1, 0])
+    wrong = np.zeros(10)
+    wrong[[3, 6, 9]] = 1.0
+    grid, s, t = weighted_risk_bernstein(conf, wrong, y, np.array([1.0, 2.0]), 0.3, 0.2)
+    q0, q1, av, r = 3 / 7, 4 / 7, 0.025, 0.3
+    hand = {0.8: (-1 / 28, (3, 1), (1, 0)), 0.5: (-1 / 70, (6, 2), (4, 1))}
+    for lam, (s_exp, (m0, e0), (m1, e1)) in hand.items():
+        j = grid.tolist().index(lam)
+        v = (q0 ** 2 / 6 * _var_bound(_cp_upper(e0, 6, av), _cp_upper(m0, 6, av), r)
+             + q1 ** 2 / 4 * _var_bound(_cp_upper(e1, 4, av), _cp_upper(m1, 4, av), r))
+        assert s[j] == pytest.approx(s_exp, abs=1e-15)
+        assert t[j] == pytest.approx(_bernstein_t(v, 1 / 7, 0.1), rel=1e-12)
+        assert not s[j] <= -t[j]  # ten rows: t is ~0.3 or more, |S| < 0.04: nothing rejected
+    # all 6 of class 0 answered: the upper bound of b_0 is 1 (CP upper after n of n), so the 1/4 cap is what binds
+    assert _var_bound(_cp_upper(2, 6, av), 1.0, r) == 0.25
+    # bernstein_deviation by closed form: t = M L / 3 + sqrt((M L / 3)^2 + 2 V L), L = log(1 / level)
+    lg = math.log(10)
+    assert float(bernstein_deviation(0.01, 0.0, 0.1)) == pytest.approx(math.sqrt(0.02 * lg), rel=1e-14)
+    assert float(bernstein_deviation(0.0, 0.3, 0.1)) == pytest.approx(0.2 * lg, rel=1e-14)
+
+
+@pytest.mark.slow
+def test_per_class_validity_by_simulation():
+    # as test_validity_by_simulation, with the per-class binomial test: 200 draws of 6000 rows, true weights. The
+    # per-class test certifies closer to the boundary (lam = 0.592 for r = 0.2) than Hoeffding does. (~17 s)
+    n_runs, delta, r = 200, 0.1, 0.2
+    viol_w, viol_u, certified = _simulate(n_runs, 6000, delta, r, seed=2025, bound="per_class_binomial")
+    assert certified >= n_runs // 2
+    assert binom_greater_pvalue(viol_w, n_runs, delta) > 0.01, viol_w
+    assert binom_greater_pvalue(viol_u, n_runs, delta) < 1e-6, viol_u
+
+
+@pytest.mark.slow
+def test_per_class_validity_by_simulation_r01():
+    # r = 0.1 (boundary lam = 1 - 0.1 / 0.49 = 0.796), where Hoeffding certifies nothing at n = 6000 and the
+    # per-class test does: 500 draws; ~40 s
+    n_runs, delta, r = 500, 0.1, 0.1
+    viol_w, viol_u, certified = _simulate(n_runs, 6000, delta, r, seed=99, bound="per_class_binomial")
+    assert certified >= n_runs // 5  # not vacuous: it certifies in 131 of the 500 draws
+    assert binom_greater_pvalue(viol_w, n_runs, delta) > 0.01, viol_w
+    assert binom_greater_pvalue(viol_u, n_runs, delta) < 1e-6, viol_u
+
+
+def _cp_upper(k, n, a):
+    """One-sided (1 - a) Clopper-Pearson upper bound, from scipy.stats.beta directly (independent of calib)."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(1.0 - a, k + 1, n - k))
+
+
+def _cp_lower(k, n, a):
+    from scipy.stats import beta
+
+    return 0.0 if k <= 0 else float(beta.ppf(a, k, n - k + 1))
+
+
+def test_per_class_bounds_by_hand():
+    # 10 rows (conf, class, wrong), confidences 0.95 .. 0.5 by 0.05:
+    #   classes 0 1 0 0 1 0 1 0 1 0, wrong at 0.8 (class 0), 0.65 (class 1) and 0.5 (class 0)
+    # n_0 = 6, n_1 = 4; weights (1, 2): q = (6, 8) / 14 = (3/7, 4/7); alpha = 0.05 per bound.
+    # Counts read off the list (answered = conf >= lam):
+    #   lam = 0.95: class 0 m = 1 e = 0, class 1 m = 0 e = 0
+    #   lam = 0.8:  class 0 m = 3 e = 1 (0.95, 0.85, 0.8), class 1 m = 1 e = 0 (0.9)
+    #   lam = 0.6:  class 0 m = 5 e = 1, class 1 m = 3 e = 1 (0.9, 0.75, 0.65)
+    #   lam = 0.5:  class 0 m = 6 e = 2, class 1 m = 4 e = 1
+    conf = np.round(np.arange(0.95, 0.49, -0.05), 2)
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 0, 1, 0])
+    wrong = np.zeros(10)
+    wrong[[3, 6, 9]] = 1.0
+    grid, up, lo = per_class_risk_bounds(conf, wrong, y, np.array([1.0, 2.0]), 0.05)
+    assert grid.tolist() == conf.tolist()
+    q0, q1, a = 3 / 7, 4 / 7, 0.05
+    hand = {0.95: ((1, 0), (0, 0)), 0.8: ((3, 1), (1, 0)), 0.6: ((5, 1), (3, 1)), 0.5: ((6, 2), (4, 1))}
+    for lam, ((m0, e0), (m1, e1)) in hand.items():
+        j = grid.tolist().index(lam)
+        u_exp = q0 * _cp_upper(e0, 6, a) + q1 * _cp_upper(e1, 4, a)
+        l_exp = q0 * _cp_lower(m0, 6, a) + q1 * _cp_lower(m1, 4, a)
+        np.testing.assert_allclose([up[j], lo[j]], [u_exp, l_exp], rtol=1e-12, err_msg=str(lam))
+    # two values by closed form: 0 errors of n -> upper 1 - a^(1/n); n answered of n -> lower a^(1/n);
+    # at lam = 0.95 class 1 has answered nothing: lower 0
+    np.testing.assert_allclose(up[0], q0 * (1 - 0.05 ** (1 / 6)) + q1 * (1 - 0.05 ** (1 / 4)), rtol=1e-12)
+    np.testing.assert_allclose(lo[0], q0 * _cp_lower(1, 6, a), rtol=1e-12)
+    np.testing.assert_allclose(lo[-1], q0 * 0.05 ** (1 / 6) + q1 * 0.05 ** (1 / 4), rtol=1e-12)
+    # decisions: reject H0 "R_q(lam) > r" iff upper <= r lower. At alpha = 0.05 the ratio upper / lower is 1.398 at
+    # lam = 0.5 (scipy values: 0.7417 / 0.5303): ten rows certify no r < 1 there. At alpha = 0.2 (scipy, above
+    # formulas): lam = 0.5: 0.5837 / 0.7099 = 0.822, lam = 0.6: 0.5139 / 0.4861 = 1.057, so r = 0.9 is rejected
+    # (certified) at lam = 0.5 only and r = 0.8 nowhere among the two
+    _, up2, lo2 = per_class_risk_bounds(conf, wrong, y, np.array([1.0, 2.0]), 0.2)
+    for lam, ((m0, e0), (m1, e1)) in hand.items():
+        j = grid.tolist().index(lam)
+        u_exp = q0 * _cp_upper(e0, 6, 0.2) + q1 * _cp_upper(e1, 4, 0.2)
+        l_exp = q0 * _cp_lower(m0, 6, 0.2) + q1 * _cp_lower(m1, 4, 0.2)
+        for r in (0.5, 0.8, 0.9):
+            assert (up2[j] <= r * lo2[j]) == (u_exp <= r * l_exp), (lam, r)
+    assert 1.39 < up[-1] / lo[-1] < 1.40
+    assert 0.82 < up2[-1] / lo2[-1] < 0.823 and 1.057 < up2[-3] / lo2[-3] < 1.058  # grid[-3] = 0.6
+    assert up2[-1] <= 0.9 * lo2[-1] and not up2[-3] <= 0.9 * lo2[-3] and not up2[-1] <= 0.8 * lo2[-1]
+
+
+def _bernstein_t(v, m_range, level):
+    lg = math.log(1 / level)
+    return m_range * lg / 3 + math.sqrt((m_range * lg / 3) ** 2 + 2 * v * lg)
+
+
+def _var_bound(a_up, b_up, r):
+    return min((min(a_up, b_up) * (1 - 2 * r) if r <= 0.5 else 0.0) + r * r * b_up, 0.25)
+
+
+def _brute_force_ltt(conf, wrong, y, w, r, delta, b, family, bound):
+    """The per-class binomial / Bernstein Learn-then-Test rules, written out with Python loops and scipy.stats.beta:
+    returns the threshold (+inf: nothing certified for a risk target, -inf: a budget alone not certified)."""
+    from scipy.stats import beta
+
+    conf, y, wrong = [float(v) for v in conf], [int(v) for v in y], [bool(v) for v in wrong]
+    n, k = len(conf), len(w)
+    n_y = [y.count(c) for c in range(k)]
+    tot = sum(w[c] * n_y[c] for c in range(k))
+    q = [w[c] * n_y[c] / tot for c in range(k)]
+    cls = [c for c in range(k) if q[c] > 0]
+    n_cls = len(cls)
+    grid = sorted(set(conf), reverse=True)
+    g = len(grid)
+    n_seq = {"multi_start": 4, "fixed_sequence": 1}[family]
+    level = delta / 2 if (r is not None and b is not None) else delta
+
+    def counts(lam, c):
+        m = sum(1 for i in range(n) if y[i] == c and conf[i] >= lam)
+        e = sum(1 for i in range(n) if y[i] == c and conf[i] >= lam and wrong[i])
+        return m, e
+
+    c_row = [q[y[i]] / n_y[y[i]] for i in range(n)]
+    m_range = max(c_row)
+    ok = [True] * g
+    if b is not None:
+        a = level / n_cls
+        if bound == "per_class_binomial":
+            rej = [sum(q[c] * _cp_upper(n_y[c] - counts(lam, c)[0], n_y[c], a) for c in cls) <= b for lam in grid]
+        else:  # Hoeffding, losses 1{escalated} - b
+            sum_sq = sum(v * v for v in c_row)
+            rej = []
+            for lam in grid:
+                s_b = sum(c_row[i] * ((conf[i] < lam) - b) for i in range(n))
+                rej.append(math.exp(-2 * min(s_b, 0.0) ** 2 / sum_sq) <= level)
+        ok_b = [False] * g
+        for j in reversed(range(g)):  # walk up from the lowest threshold
+            if not rej[j]:
+                break
+            ok_b[j] = True
+        ok = [u and v for u, v in zip(ok, ok_b)]
+    if r is not None:
+        lvl = level / n_seq
+        a = lvl / (2 * n_cls) if bound == "per_class_binomial" else lvl / (4 * n_cls)
+        rej = []
+        for lam in grid:
+            cnt = {c: counts(lam, c) for c in cls}
+            if bound == "per_class_binomial":
+                up = sum(q[c] * _cp_upper(cnt[c][1], n_y[c], a) for c in cls)
+                lo = sum(q[c] * _cp_lower(cnt[c][0], n_y[c], a) for c in cls)
+                rej.append(up <= r * lo)
+            else:
+                s = sum(c_row[i] * ((wrong[i] - r) if conf[i] >= lam else 0.0) for i in range(n))
+                v = sum(q[c] ** 2 / n_y[c]
+                        * _var_bound(_cp_upper(cnt[c][1], n_y[c], a), _cp_upper(cnt[c][0], n_y[c], a), r)
+                        for c in cls)
+                rej.append(s <= -_bernstein_t(v, m_range, lvl / 2))
+        m_min = n + 1  # label-free start, by a linear scan over m
+        for m in range(1, n + 1):
+            hyp = {c: (m * n_y[c] / n, r / 2 * m * n_y[c] / n) for c in cls}  # (answered, wrong), real-valued
+            if bound == "per_class_binomial":
+                up = sum(q[c] * beta.ppf(1 - a, hyp[c][1] + 1, n_y[c] - hyp[c][1]) for c in cls)
+                lo = sum(q[c] * beta.ppf(a, hyp[c][0], n_y[c] - hyp[c][0] + 1) for c in cls)
+                hit = up <= r * lo
+            else:
+                v = 0.0
+                for c in cls:
+                    a_up = beta.ppf(1 - a, hyp[c][1] + 1, n_y[c] - hyp[c][1])
+                    b_up = beta.ppf(1 - a, hyp[c][0] + 1, n_y[c] - hyp[c][0]) if hyp[c][0] < n_y[c] else 1.0
+                    v += q[c] ** 2 / n_y[c] * _var_bound(a_up, b_up, r)
+                hit = r / 2 * m / n >= _bernstein_t(v, m_range, lvl / 2)
+            if hit:
+                m_min = m
+                break
+        n_ans = [sum(1 for v in conf if v >= lam) for lam in grid]
+        first = next((j for j in range(g) if n_ans[j] >= m_min), g)
+        starts = sorted({int(v) for v in np.linspace(first, g, n_seq + 1)[:-1]}) if first < g else []
+        ok_r = [False] * g
+        for s in starts:
+            for j in range(s, g):
+                if not rej[j]:
+                    break
+                ok_r[j] = True
+        ok = [u and v for u, v in zip(ok, ok_r)]
+    idx = [j for j in range(g) if ok[j]]
+    if not idx:
+        return math.inf if r is not None else -math.inf
+    return grid[idx[-1]] if r is not None else grid[idx[0]]
+
+
+def _draw_k3(rng, n):
+    """Three classes, confidence Uniform(0.34, 1) rounded to 2 decimals (ties), errors likelier at low confidence
+    and in the rarer classes."""
+    kappa = np.array([0.2, 0.5, 0.8])
+    y = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    c = np.round(rng.uniform(0.34, 1.0, n), 2)
+    wrong = rng.random(n) < np.minimum(1.0, kappa[y] * 2.0 * (1.0 - c))
+    pred = np.where(wrong, (y + 1 + rng.integers(0, 2, n)) % 3, y)
+    probs = np.repeat(((1.0 - c) / 2)[:, None], 3, axis=1)
+    probs[np.arange(n), pred] = c
+    return probs, y
+
+
+@pytest.mark.parametrize("bound", ["per_class_binomial", "bernstein"])
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_brute_force(seed, bound):
+    rng = np.random.default_rng(300 + seed)
+    p, y = _draw_k3(rng, 200)
+    assert (p.max(1) > (1 - p.max(1)) / 2).all()  # the predicted class is the unique argmax
+    conf, wrong = p.max(1), p.argmax(1) != y
+    w = rng.gamma(2.0, 1.0, 3)
+    if seed == 3:
+        w[2] = 0.0  # a class the target lacks: K = 2
+    n_cert = n_mid = 0
+    cases = [(0.3, 0.3, None, "fixed_sequence"), (0.3, 0.5, None, "fixed_sequence"), (0.4, 0.5, None, "fixed_sequence"),
+             (0.4, 0.3, None, "multi_start"), (0.3, 0.5, None, "multi_start"), (0.2, 0.3, None, "multi_start"),
+             (None, 0.2, 0.5, "multi_start"), (0.4, 0.5, 0.6, "fixed_sequence")]
+    lo, hi = confidence_domain("max_prob", 3)
+    for r, delta, b, family in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out, rep = reweight_policy(RiskControlPolicy(target_risk=r, delta=delta, max_escalation=b, family=family),
+                                       p, y, w, bound=bound)
+        expected = _brute_force_ltt(conf, wrong, y, w, r, delta, b, family, bound)
+        if expected == math.inf:
+            assert rep.certified is False and out.threshold_ > hi, (r, delta, b, family)
+        elif expected == -math.inf:
+            assert rep.certified is False and out.threshold_ < lo, (r, delta, b, family)
+        else:
+            assert rep.certified and out.threshold_ == expected, (r, delta, b, family, out.threshold_, expected)
+            n_cert += 1
+            n_mid += r is not None and expected > conf.min()  # the walk stopped inside the grid
+    assert n_cert >= 2 and n_mid >= 1, (n_cert, n_mid)  # not only "nothing certified" / "everything answered"
+
+
+def test_per_class_report():
+    from calib._json import to_json
+
+    p, y = _draw(np.random.default_rng(12), 6000, P_SRC)
+    w = _weights_from_counts(y)
+    out, rep = reweight_policy(RiskControlPolicy(target_risk=0.2, delta=0.1), p, y, w, bound="per_class_binomial")
+    d = json.loads(json.dumps(to_json(rep.to_dict())))
+    assert d["method"] == "weighted_ltt_per_class_binomial" and d["certified"] and d["risk_pvalue"] is None
+    assert "per-class Clopper-Pearson" in d["statement"]
+    assert any("Per-class binomial vs binomial" in note for note in rep.notes)
+    # the reported bound is sum q U / sum q L at the threshold, at the level of a multi-start walk (0.1 / 4) over
+    # 2K = 4 bounds: recomputed here from per_class_risk_bounds and compared with r
+    grid, up, lo = per_class_risk_bounds(p.max(1), p.argmax(1) != y, y, w, 0.1 / 4 / 4)
+    j = grid.tolist().index(out.threshold_)
+    assert d["risk_upper_bound"] == pytest.approx(up[j] / lo[j], rel=1e-12) and d["risk_upper_bound"] <= 0.2
+    # the point estimate of the target risk lies below its upper bound
+    assert rep.weighted_selective_risk < rep.risk_upper_bound
+    # Hoeffding reports a p-value and no bound
+    _, rep_h = reweight_policy(RiskControlPolicy(target_risk=0.2, delta=0.1), p, y, w, bound="hoeffding")
+    assert rep_h.risk_upper_bound is None and rep_h.risk_pvalue is not None
+
+
+def test_per_class_budget():
+    p, y = _draw(np.random.default_rng(4), 3000, P_SRC)
+    w = _weights_from_counts(y)
+    kw = {"bound": "per_class_binomial"}
+    _, rep = reweight_policy(RiskControlPolicy(target_risk=None, max_escalation=0.3, delta=0.1), p, y, w, **kw)
+    assert rep.certified and 1 - rep.weighted_coverage <= 0.3 and rep.risk_upper_bound is None
+    _, rep2 = reweight_policy(RiskControlPolicy(target_risk=0.2, max_escalation=0.6, delta=0.1), p, y, w, **kw)
+    assert rep2.certified and 1 - rep2.weighted_coverage <= 0.6 and rep2.weighted_selective_risk <= 0.2
+
+
+def test_unknown_bound(small):
+    p, y = small
+    for bad in ("exact", None, "Hoeffding"):
+        with pytest.raises(ValueError, match=r"Unknown bound .*\['bernstein', 'hoeffding', 'per_class_binomial'\]"):
+            reweight_policy(RiskControlPolicy(target_risk=0.2), p, y, [1.0, 1.0], bound=bad)
+    with pytest.raises(ValueError, match="Unknown bound"):  # checked for every policy kind
+        reweight_policy(ThresholdPolicy(target_coverage=0.5), p, y, [1.0, 1.0], bound="exact")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Real logits: c10lt_resnet110, long-tailed split 0 -> balanced split 1
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -277,7 +648,8 @@ def _test_risk(policy, pt, yt):
     return int((pt.argmax(1)[a] != yt[a]).sum()), int(a.sum())
 
 
-def test_real_label_shift(c10lt):
+@pytest.mark.parametrize("bound", ["bernstein", "hoeffding"])  # the per-class test certifies nothing at r = 0.1 here
+def test_real_label_shift(c10lt, bound):
     from calib.evaluation.routing import test_risk_test
 
     _, pc, yc, pt, yt = c10lt
@@ -286,7 +658,7 @@ def test_real_label_shift(c10lt):
     r, delta = 0.1, 0.1
     pol = RiskControlPolicy(target_risk=r, delta=delta)
     plain = pol.clone().fit(pc, yc)
-    out, rep = reweight_policy(pol, pc, yc, w_true)
+    out, rep = reweight_policy(pol, pc, yc, w_true, bound=bound)
     assert rep.certified and out.threshold_ > plain.threshold_
     # the guarantee (true weights): the test split is a sample of the target; no evidence of risk above r
     e, m = _test_risk(out, pt, yt)
@@ -296,16 +668,18 @@ def test_real_label_shift(c10lt):
     assert test_risk_test(e0, m0, r)["exceeds"]
     # EM-estimated weights: no guarantee (estimation error is not covered), so only that it runs and answers
     est = estimate_label_shift(pc, yc, pt, method="em", n_bootstrap=0)
-    out_em, rep_em = reweight_policy(pol, pc, yc, est)
-    assert isinstance(rep_em, WeightedThreshold) and rep_em.method == "weighted_ltt_hoeffding"
-    np.testing.assert_array_equal(reweight_policy(pol, pc, yc, est.weights)[0].threshold_, out_em.threshold_)
+    out_em, rep_em = reweight_policy(pol, pc, yc, est, bound=bound)
+    assert isinstance(rep_em, WeightedThreshold) and rep_em.method == f"weighted_ltt_{bound}"
+    np.testing.assert_array_equal(reweight_policy(pol, pc, yc, est.weights, bound=bound)[0].threshold_,
+                                  out_em.threshold_)
 
 
-def test_real_nothing_certified_escalates_everything(c10lt):
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_real_nothing_certified_escalates_everything(c10lt, bound):
     _, pc, yc, pt, _ = c10lt
     w_true = 0.1 / (np.bincount(yc, minlength=10) / yc.size)
     with pytest.warns(UserWarning, match="No confidence threshold certified"):
-        out, rep = reweight_policy(RiskControlPolicy(target_risk=0.02, delta=0.1), pc, yc, w_true)
+        out, rep = reweight_policy(RiskControlPolicy(target_risk=0.02, delta=0.1), pc, yc, w_true, bound=bound)
     assert rep.certified is False and rep.weighted_coverage == 0.0 and rep.weighted_selective_risk is None
     assert out.threshold_ > confidence_domain("max_prob", 10)[1]
     assert (out.route(pt).actions == ESCALATE).all()

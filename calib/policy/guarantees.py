@@ -54,7 +54,7 @@ from calib._validation import as_array, check_choice, check_fraction, check_posi
 from calib.base import StateError, state_scalar
 from calib.selective import _check_conf_correct
 
-__all__ = ["Guarantee", "ltt_threshold", "binomial_upper_bound", "guarantee_from_state", "guarantee_statement",
+__all__ = ["Guarantee", "ltt_threshold", "ltt_grid", "binomial_upper_bound", "guarantee_from_state", "guarantee_statement",
            "FAMILIES"]
 
 METHOD = "learn_then_test_fixed_sequence_binomial"
@@ -149,7 +149,10 @@ def _counts(x, name):
     return a
 
 
-def _grid(conf_sorted_desc, grid_size):
+def ltt_grid(conf_sorted_desc, grid_size):
+    """The thresholds Learn then Test walks, from the most conservative (highest) down: every distinct
+    calibration confidence, or ``grid_size`` of their inverted-CDF quantiles (labels unused). Shared with the
+    label-shift-weighted walk of :func:`calib.shift.reweight_policy`."""
     uniq = np.unique(conf_sorted_desc)[::-1]
     if grid_size is None or uniq.size <= grid_size:
         return uniq
@@ -233,7 +236,7 @@ def ltt_threshold(confidence, correct, *, target_risk=None, delta=0.1, max_escal
     order = np.argsort(-c, kind="stable")
     cs = c[order]
     cum_err = np.cumsum(~h[order])
-    grid = _grid(cs, grid_size)  # descending
+    grid = ltt_grid(cs, grid_size)  # descending
     # n_answered(lam) = #(c >= lam); cs is descending so use searchsorted on the ascending reverse
     n_ans = n - np.searchsorted(cs[::-1], grid, side="left")
     e_ans = np.where(n_ans > 0, cum_err[np.maximum(n_ans - 1, 0)], 0)
