@@ -7,8 +7,10 @@ that compose configs) before Hydra composes anything.
 * :class:`ExperimentConfig` is the structured-config schema (Hydra's "structured config schema" pattern)
   for the root keys: a misspelled root key or a wrong type in any YAML file or override fails at compose
   time, before data are loaded. The component groups (``data``, ``calibrator``, ``conformal``, ``policy``)
-  are free-form here; their schema is the constructor signature of the ``_target_`` (keyword-only,
-  validated at instantiate).
+  are free-form here; their keys are those of the chosen option's YAML and of its ``_target_``'s constructor
+  (keyword-only, validated at instantiate), which :func:`check_component_overrides` checks on the command
+  line before Hydra composes (a typo fails with the closest valid key).
+* ``calibrate.py --help`` (``conf/hydra/help/calib.yaml``) lists the groups through :func:`help_groups`.
 * ``${calib.sweep_subdir:<override_dirname>,<seed>}`` names a sweep job's folder
   ``<overrides>/seed=<seed>``: '/' and other unsafe characters in values (``data.path=/x/y.npz``) are
   escaped, an empty override string becomes ``default`` (never an absolute ``/seed=0``), and very long
@@ -24,7 +26,7 @@ import urllib.parse
 
 __all__ = [
     "ExperimentConfig", "EvalConfig", "SplitConfig", "GROUPS", "register_configs", "register_resolvers",
-    "sweep_subdir", "check_overrides", "validate_root", "root_keys", "SweepProgress",
+    "sweep_subdir", "check_overrides", "check_component_overrides", "help_groups", "validate_root", "root_keys", "SweepProgress",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,14 +111,17 @@ def root_keys():
 _NESTED = {"eval": EvalConfig, "split": SplitConfig, "monitor": MonitorConfig}
 
 
-def check_overrides(overrides):
-    """Raise ``ValueError`` naming the valid keys when a command-line override uses an unknown key.
+def check_overrides(overrides, *, config_dir=None, config_name="config"):
+    """Check the keys of command-line overrides; raise ``ValueError`` naming the valid keys on a typo.
 
     Checks the root key of every ``key=value`` override (``hydra.*`` and ``hydra/...`` are Hydra's own)
-    and the second level of the schema-typed ``eval`` and ``split`` nodes. Keys inside component groups
-    (``calibrator.x``) are left to Hydra, whose message names the full key.
+    and the second level of the schema-typed ``eval``, ``split`` and ``monitor`` nodes. With ``config_dir``
+    (the ``conf/`` folder) it also checks keys inside the component groups (``data``, ``calibrator``,
+    ``conformal``, ``policy``; see :func:`check_component_overrides`) and returns the overrides with the
+    ``+`` prefix fixed where Hydra would refuse it; without it, returns the overrides unchanged.
 
     >>> check_overrides(["seed=1", "calibrator=temperature", "eval.n_bins=10", "hydra/launcher=joblib"])
+    ['seed=1', 'calibrator=temperature', 'eval.n_bins=10', 'hydra/launcher=joblib']
     >>> check_overrides(["sede=1"])
     Traceback (most recent call last):
     ...
@@ -124,6 +129,7 @@ def check_overrides(overrides):
     """
     import difflib
 
+    overrides = list(overrides)
     valid = root_keys()
     for arg in overrides:
         if arg.startswith("-") or "=" not in arg:
@@ -143,6 +149,230 @@ def check_overrides(overrides):
                 raise ValueError(
                     f"Unknown config key {key!r} in override {arg!r}{hint}; valid keys of {root!r}: {fields}."
                 )
+    if config_dir is None:
+        return overrides
+    return check_component_overrides(overrides, config_dir=config_dir, config_name=config_name)
+
+
+#: Groups whose nodes are components built from ``_target_`` (their keys: the YAML's and the constructor's).
+COMPONENT_GROUPS = ("data", "calibrator", "conformal", "policy")
+# Group choices that decide which YAML a component node comes from.
+_CHOICE_GROUPS = COMPONENT_GROUPS + ("experiment",)
+# Hydra flags followed by a value, and those that choose another config (then no component check).
+_FLAGS_WITH_VALUE = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--info", "-i",
+                     "--experimental-rerun")
+_OTHER_CONFIG = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+
+
+def _is_special(key):
+    return isinstance(key, str) and key.startswith("_") and key.endswith("_")
+
+
+def _signature_keys(target):
+    """Keyword parameters of a ``calib.*`` ``_target_``; None when it takes ``**kwargs`` or cannot be found."""
+    import importlib
+    import inspect
+
+    if not isinstance(target, str) or not target.startswith("calib."):
+        return None
+    module, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+        params = inspect.signature(obj).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _node_keys(node):
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig):
+        return None
+    return {str(k) for k in node.keys() if not _is_special(k)}
+
+
+def _option_choices(override, group, config_dir):
+    """The options a group-choice override selects (a sweep gives several)."""
+    if not override.is_sweep_override():
+        return [str(override.value())]
+    from hydra.core.override_parser.types import ValueType
+
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+        import pathlib
+
+        names = sorted(p.stem for p in (pathlib.Path(config_dir) / group).glob("*.yaml"))
+        return list(override.value().filter(names))
+    return [str(v) for v in override.sweep_string_iterator()]
+
+
+def _yaml_option_keys(config_dir, group, option):
+    """Top-level keys of ``conf/<group>/<option>.yaml`` (no composition), or None when it cannot be read simply."""
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(config_dir) / group / f"{option}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k) for k in data if k != "defaults"}
+
+
+def _default_choice(config_dir, config_name, group):
+    """The option of ``group`` in the root config's defaults list, or None."""
+    import pathlib
+
+    import yaml
+
+    try:
+        data = yaml.safe_load((pathlib.Path(config_dir) / f"{config_name}.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    for entry in (data or {}).get("defaults", []) if isinstance(data, dict) else []:
+        if isinstance(entry, dict) and group in entry:
+            return entry[group]
+    return None
+
+
+def check_component_overrides(overrides, *, config_dir, config_name="config"):
+    """Check overrides of keys inside component groups against the keys each group's node can take.
+
+    A key of a component node (``calibrator.log_t_bounds``, ``conformal.alpha``, ``data.labels_path``) is valid
+    when the node's YAML (``conf/<group>/<option>.yaml``, the option chosen on the command line, by an
+    ``experiment`` preset or by the defaults, after composition) has it, or when its ``_target_``'s constructor
+    takes it as a keyword. An unknown key fails here, before Hydra composes or anything is written, with one
+    line naming the key, the closest valid key and the valid keys of the chosen option, instead of Hydra's
+    advice to add ``+`` that then fails in the constructor. A sweep over a group (``calibrator=a,b``,
+    ``glob(*)``, a preset's ``hydra.sweeper.params``) needs a key valid for every option it runs (else the
+    jobs of the others would fail); the message names those without it.
+
+    Returns the overrides with the prefix fixed where Hydra would refuse a valid key: ``+key`` for a key the
+    YAML already has, and ``key`` for a constructor keyword the YAML lacks, both become ``++key`` (add or set).
+    """
+    import difflib
+
+    overrides = list(overrides)
+    if any(a in _OTHER_CONFIG or a.split("=", 1)[0] in _OTHER_CONFIG for a in overrides):
+        return overrides  # another config: its groups are not ours to check
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    positions, skip = [], False
+    for i, arg in enumerate(overrides):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE
+            continue
+        if "=" in arg or arg.startswith("~"):
+            positions.append(i)
+    parser = OverridesParser.create()
+    parsed = {i: parser.parse_override(overrides[i]) for i in positions}
+    nested = {i: o for i, o in parsed.items()
+              if "." in o.key_or_group and "/" not in o.key_or_group
+              and o.key_or_group.split(".", 1)[0] in COMPONENT_GROUPS and o.package is None}
+    if not nested:
+        return overrides
+    choices = {}  # group -> options chosen on the command line
+    for o in parsed.values():
+        if o.key_or_group in _CHOICE_GROUPS and o.type is not OverrideType.DEL:
+            choices[o.key_or_group] = _option_choices(o, o.key_or_group, config_dir)
+    multirun = any(a in ("-m", "--multirun") for a in overrides)
+
+    # Fast path: every key is in the YAML of its one option (explicit or the default): nothing to compose. (Without
+    # an experiment preset no sweeper params choose options: conf/config.yaml sets none.)
+    if "experiment" not in choices:
+        fixed = list(overrides)
+        for i, o in nested.items():
+            group, key = o.key_or_group.split(".", 1)
+            opts = choices.get(group) or [_default_choice(config_dir, config_name, group)]
+            keys = _yaml_option_keys(config_dir, group, opts[0]) if len(opts) == 1 and opts[0] else None
+            if keys is None or key not in keys:  # also deeper keys (policy.costs.x): compose
+                break
+            if o.type is OverrideType.ADD:
+                fixed[i] = "+" + overrides[i]  # +key of a key the YAML has: Hydra would refuse to add it
+        else:
+            return fixed
+
+    # Compose the configurations this command can produce (each group sweep varied alone) without the nested
+    # overrides, and read each component node's keys.
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    register_configs()
+    # Hydra's config loader itself, not hydra.compose: no global state, so this also works inside an
+    # initialized Hydra (a test's compose fixture, a running app).
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir)))
+    base = {g: opts[0] for g, opts in choices.items() if opts}
+    deleted = [overrides[i] for i, o in parsed.items() if o.key_or_group in _CHOICE_GROUPS
+               and o.type is OverrideType.DEL]
+    variants = []
+
+    def run(sel):  # one composition: group choices only (the nested overrides are what we check)
+        args = [f"{g}={opt}" for g, opt in sel.items()] + deleted
+        return sel, loader.load_configuration(config_name, args, run_mode=RunMode.RUN)
+
+    first = run(base)
+    variants.append(first)
+    sweeps = {g: opts[1:] for g, opts in choices.items() if len(opts) > 1}
+    if multirun:  # a preset's sweeper params choose groups too, unless the command line does
+        params = OmegaConf.select(first[1], "hydra.sweeper.params") or {}
+        for g, value in params.items():
+            if g in COMPONENT_GROUPS and g not in choices:
+                opts = _option_choices(parser.parse_override(f"{g}={value}"), g, config_dir)
+                sweeps[g] = opts
+    for g, opts in sweeps.items():
+        for opt in opts:
+            variants.append(run({**base, g: opt}))
+
+    fixed = list(overrides)
+    for i, o in nested.items():
+        group, key = o.key_or_group.split(".", 1)
+        path = key.split(".")
+        where = ".".join([group] + path[:-1])
+        options = {}  # "group=option" -> (valid keys or None for any key, keys of its YAML)
+        for _, cfg in variants:
+            label = f"{group}={OmegaConf.select(cfg, f'hydra.runtime.choices.{group}')}"
+            node = cfg.get(group)
+            for part in path[:-1]:  # deeper keys (policy.costs.human_accuracy): walk the composed node
+                node = node.get(part) if _node_keys(node) is not None and part in _node_keys(node) else None
+            keys = _node_keys(node)
+            if keys is None:  # a value, not a node, or a path we cannot walk: Hydra decides
+                options[label] = (None if node is not None or len(path) > 1 else set(), set())
+                continue
+            target = node.get("_target_")
+            sig = set() if target is None or len(path) > 1 else _signature_keys(target)
+            options[label] = (None if sig is None else keys | sig, keys)  # None: **kwargs, any key
+        bad = [label for label, (valid, _) in options.items() if valid is not None and path[-1] not in valid]
+        if bad:
+            good = [label for label in options if label not in bad]
+            if good:  # a sweep over options: the jobs of the other options would fail
+                raise ValueError(
+                    f"Unknown key '{o.key_or_group}' in override {overrides[i]!r} for {', '.join(bad)} (a key of "
+                    f"{', '.join(good)} only); valid keys of {bad[0]}: {sorted(options[bad[0]][0])}."
+                )
+            listed = sorted(set().union(*(options[label][0] for label in bad)))
+            close = difflib.get_close_matches(path[-1], listed, n=1)
+            hint = f" (did you mean '{where}.{close[0]}'?)" if close else ""
+            which = ", ".join(bad) if len(path) == 1 else where
+            raise ValueError(
+                f"Unknown key '{o.key_or_group}' in override {overrides[i]!r}{hint}; valid keys of {which}: {listed}"
+                + (f" (choose an option: {group}=<name>)." if not listed else ".")
+            )
+        in_yaml = any(path[-1] in keys for _, keys in options.values())
+        in_all = all(path[-1] in keys for _, keys in options.values())
+        if o.type is OverrideType.ADD and in_yaml or o.type is OverrideType.CHANGE and not in_all:
+            fixed[i] = "++" + overrides[i].lstrip("+")  # add or set: valid in every variant
+    return fixed
 
 
 def validate_root(cfg):
@@ -196,12 +426,41 @@ def sweep_subdir(override_dirname, seed):
     return f"{name}/seed={seed}"
 
 
+#: Groups ``experiments/calibrate.py --help`` lists (``conf/published`` and ``compare.yaml`` are not its options).
+HELP_GROUPS = ("data", "calibrator", "conformal", "policy", "policy/costs", "eval", "experiment")
+
+
+def help_groups(*, _root_=None, config_dir=None):
+    """The ``== Configuration groups ==`` text of ``calibrate.py --help``: each group a root config can take and
+    its options (the YAML files of ``conf/<group>/``), one group per line.
+
+    ``config_dir`` defaults to the primary config source of the Hydra config being rendered (``_root_``).
+    """
+    import pathlib
+    import textwrap
+
+    if config_dir is None:
+        sources = _root_.hydra.runtime.config_sources if _root_ is not None else []
+        config_dir = next((src.path for src in sources if src.provider == "main" and src.schema == "file"), None)
+    if config_dir is None:
+        return "(the config folder is unknown: see docs/experiments.md)"
+    lines = []
+    for group in HELP_GROUPS:
+        folder = pathlib.Path(config_dir) / group
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if options:
+            lines.append(textwrap.fill(f"{group}: {', '.join(options)}", width=110, subsequent_indent="    "))
+    return "\n".join(lines)
+
+
 def register_resolvers():
-    """Register the ``calib.sweep_subdir`` OmegaConf resolver (idempotent)."""
+    """Register the ``calib.sweep_subdir`` and ``calib.help_groups`` OmegaConf resolvers (idempotent)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("calib.sweep_subdir"):
         OmegaConf.register_new_resolver("calib.sweep_subdir", sweep_subdir)
+    if not OmegaConf.has_resolver("calib.help_groups"):
+        OmegaConf.register_new_resolver("calib.help_groups", lambda _root_: help_groups(_root_=_root_))
 
 
 def register_configs():

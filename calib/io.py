@@ -336,7 +336,58 @@ def _check_file(path, what):
         raise FileNotFoundError(f"Expected {what} at {str(path)!r}, got no such file.")
 
 
-def load_logits(path, *, mmap=False, labels_path=None, require_labels=True, split_path=None) -> LogitsData:
+#: The standard array names of .npz/.pt files and the load_logits argument that renames each.
+KEY_ARGS = {"logits": "logits_key", "labels": "labels_key", "split": "split_key", "groups": "groups_key"}
+#: The standard special CSV columns and the load_logits argument that renames each.
+COLUMN_ARGS = {"label": "label_column", "split": "split_column", "group": "group_column"}
+
+
+def _check_name(value, name):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"Expected {name} as a non-empty str (or None for the standard name), got "
+                        f"{type(value).__name__} {value!r}.")
+    return value
+
+
+def _names(given, standard_args):
+    """{standard name: name in the file} from the renaming arguments (None = the standard name); two roles
+    may not share one name."""
+    names = {std: (given[arg] if given[arg] is not None else std) for std, arg in standard_args.items()}
+    seen = {}
+    for std, name in names.items():
+        if name in seen:
+            raise ValueError(f"Expected distinct names for {standard_args[seen[name]]} and {standard_args[std]}, got "
+                             f"{name!r} for both.")
+        seen[name] = std
+    return names
+
+
+def _std(arg, standard_args):
+    return next(std for std, a in standard_args.items() if a == arg)
+
+
+def _rename_arrays(arrays, names, *, source):
+    """Arrays of a file under calib's standard keys: ``names`` maps each standard key to the file's key."""
+    renamed = {std: key for std, key in names.items() if key != std}
+    if not renamed:
+        return arrays
+    used = set(renamed.values())
+    out = {k: v for k, v in arrays.items() if k not in used and k not in renamed}
+    for std, key in renamed.items():
+        arg = KEY_ARGS[std]
+        if key not in arrays:
+            raise ValueError(f"Expected a {key!r} array in {source!r} ({arg}={key!r}), got keys {sorted(arrays)}.")
+        if std in arrays and std not in used:  # logits and logits_ema in one file: the one named is read
+            log.info("Reading %r of %s as the %s (%s=%r); its %r array is not used.", key, source, std, arg, key, std)
+        out[std] = arrays[key]
+    return out
+
+
+def load_logits(path, *, mmap=False, labels_path=None, require_labels=True, split_path=None, logits_key=None,
+                labels_key=None, split_key=None, groups_key=None, label_column=None, split_column=None,
+                group_column=None) -> LogitsData:
     """Read a logits file (see the module docstring for formats) into a :class:`LogitsData`.
 
     Parameters
@@ -353,6 +404,14 @@ def load_logits(path, *, mmap=False, labels_path=None, require_labels=True, spli
     split_path : str or Path, optional
         The calibration/test ``split`` (0/1 per row) of a ``.npy`` logits file (default: ``split.npy``
         beside it when that file exists, as :class:`LogitsWriter` writes it); refused for other formats.
+    logits_key, labels_key, split_key, groups_key : str, optional
+        The names of the arrays in an ``.npz`` or ``.pt`` file (and, except ``logits_key``, in the labels
+        ``.npz`` of ``labels_path``) when they are not the standard ``logits``, ``labels``, ``split``,
+        ``groups`` (None = the standard name). A named key must be in the file; the standard name may then not
+        be there too (two candidates for one role).
+    label_column, split_column, group_column : str, optional
+        The special columns of a ``.csv`` when they are not ``label``, ``split``, ``group`` (None = the
+        standard name); every other column is a class's logit.
     require_labels : bool, default True
         With False, a file without labels is read with ``labels=None`` (for applying a fitted pipeline):
         no ``labels`` key, no ``labels.npy`` beside a ``.npy`` (an explicit ``labels_path`` must still
@@ -375,6 +434,10 @@ def load_logits(path, *, mmap=False, labels_path=None, require_labels=True, spli
     if not isinstance(require_labels, (bool, np.bool_)):
         raise TypeError(f"Expected require_labels as a bool, got {type(require_labels).__name__} {require_labels!r}.")
     require_labels = bool(require_labels)
+    given = {name: _check_name(value, name) for name, value in (
+        ("logits_key", logits_key), ("labels_key", labels_key), ("split_key", split_key), ("groups_key", groups_key),
+        ("label_column", label_column), ("split_column", split_column), ("group_column", group_column))}
+    keys, columns = _names(given, KEY_ARGS), _names(given, COLUMN_ARGS)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
@@ -393,17 +456,34 @@ def load_logits(path, *, mmap=False, labels_path=None, require_labels=True, spli
             f"Expected labels_path only with .npy logits, got labels_path={str(labels_path)!r} for {str(path)!r} "
             f"({suffix} files hold their own labels)."
         )
+    if suffix == ".csv":
+        wrong = [f"{arg}={given[arg]!r}" for arg in KEY_ARGS.values() if given[arg] not in (None, _std(arg, KEY_ARGS))]
+        if wrong:
+            raise ValueError(f"Expected column names for a .csv ({', '.join(COLUMN_ARGS.values())}), got "
+                             f"{', '.join(wrong)} for {str(path)!r}; *_key names arrays of .npz/.pt files.")
+    else:
+        wrong = [f"{arg}={given[arg]!r}" for arg in COLUMN_ARGS.values()
+                 if given[arg] not in (None, _std(arg, COLUMN_ARGS))]
+        if suffix == ".npy" and given["logits_key"] not in (None, "logits"):
+            wrong.append(f"logits_key={given['logits_key']!r}")
+        if wrong:
+            raise ValueError(
+                f"Expected {'array names of a .npz/.pt file' if suffix != '.npy' else 'no logits_key or column name'} "
+                f"for {str(path)!r}, got {', '.join(wrong)}"
+                + ("; *_column names columns of a .csv." if suffix != ".npy" else
+                   "; a .npy holds one array (labels_key, split_key, groups_key name the arrays of a labels .npz).")
+            )
     if mmap and suffix != ".npy":
         log.info("mmap=True applies to .npy logits only; reading %s whole.", path)
     if suffix == ".npz":
-        arrays = _read_npz(path)
+        arrays = _rename_arrays(_read_npz(path), keys, source=str(path))
     elif suffix == ".npy":
         arrays = _read_npy(path, labels_path=labels_path, mmap=mmap, require_labels=require_labels,
-                           split_path=split_path)
+                           split_path=split_path, keys=keys)
     elif suffix in (".pt", ".pth"):
-        arrays = _read_torch(path)
+        arrays = _rename_arrays(_read_torch(path), keys, source=str(path))
     else:
-        arrays = _read_csv(path, require_labels=require_labels)
+        arrays = _read_csv(path, require_labels=require_labels, columns=columns)
     return _from_arrays(arrays, source=str(path), require_labels=require_labels)
 
 
@@ -434,7 +514,8 @@ def _from_arrays(arrays, *, source, require_labels=True):
     for key in ("logits", "labels") if require_labels else ("logits",):
         if key not in arrays:
             raise ValueError(
-                f"Expected a {key!r} array in {source!r}, got keys {sorted(arrays)}."
+                f"Expected a {key!r} array in {source!r}, got keys {sorted(arrays)}; to read another key as the "
+                f"{key}, pass {KEY_ARGS[key]}=<its name>."
             )
     n = np.shape(arrays["logits"])[0] if np.ndim(arrays["logits"]) >= 1 else None
     extras = {}
@@ -568,15 +649,21 @@ def _check_side_labels(a, key, k, side):
     return a
 
 
-def _read_npy(path, *, labels_path, mmap, require_labels=True, split_path=None):
+def _read_npy(path, *, labels_path, mmap, require_labels=True, split_path=None, keys=None):
+    renamed = sorted(f"{KEY_ARGS[std]}={key!r}" for std, key in (keys or {}).items() if key != std)
+    side_npz = labels_path is not None and Path(labels_path).suffix.lower() == ".npz"
+    if renamed and not side_npz:
+        raise ValueError(f"Expected {', '.join(renamed)} only with a labels .npz (labels_path=<file>.npz) for the .npy "
+                         f"logits {str(path)!r}, got " + (f"labels_path={str(labels_path)!r}." if labels_path is not None
+                                                          else "no labels_path."))
     logits = _load_npy(path, mmap=mmap, what="logits")
     n = np.shape(logits)[0] if np.ndim(logits) >= 1 else 0
     k = np.shape(logits)[1] if np.ndim(logits) == 2 else None
     out = {"logits": logits}
-    if labels_path is not None and Path(labels_path).suffix.lower() == ".npz":
+    if side_npz:
         side = Path(labels_path)
         _check_file(side, f"the labels .npz of {str(path)!r}")
-        arrays = _read_npz(side)
+        arrays = _rename_arrays(_read_npz(side), keys or {}, source=str(side))
         unknown = sorted(set(arrays) - set(_SIDE_KEYS))
         if unknown:
             raise ValueError(f"Expected only {list(_SIDE_KEYS)} in the side file {str(side)!r} of {str(path)!r}, got "
@@ -678,8 +765,11 @@ def _csv_numbers(values, column, lines, path):
         raise
 
 
-def _read_csv(path, *, require_labels=True):
+def _read_csv(path, *, require_labels=True, columns=None):
     src = str(path)
+    names = columns or {}
+    label_col, split_col, group_col = (names.get(c, c) for c in ("label", "split", "group"))
+    special = {label_col: "labels", split_col: "split", group_col: "groups", "fallback": "fallback"}
     header, rows, lines = None, [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM would rename the first column
@@ -705,18 +795,25 @@ def _read_csv(path, *, require_labels=True):
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise ValueError(f"Expected unique column names in {src!r}, got duplicates {dupes}.")
+    for std, col in (("label", label_col), ("split", split_col), ("group", group_col)):
+        if col != std and col not in header:
+            raise ValueError(f"Expected a column {col!r} in {src!r} ({COLUMN_ARGS[std]}={col!r}), got columns {header}.")
+        if col != std and std in header:
+            raise ValueError(f"Expected no {std!r} column beside {COLUMN_ARGS[std]}={col!r} in {src!r}, got one: it would "
+                             "be read as a class's logits; rename or drop it.")
     for name in header:
-        if name in _CSV_SPECIAL:
+        if name in special:
             continue
-        near = _near_known(name, tuple(_CSV_SPECIAL), fuzzy=False)  # class names are free words
+        near = _near_known(name, tuple(special), fuzzy=False)  # class names are free words
         if near is not None:
             raise ValueError(
                 f"Expected the column {near!r} in {src!r}, got {name!r} (did you mean {near!r}?); rename it: "
-                f"columns other than {list(_CSV_SPECIAL)} are read as logits."
+                f"columns other than {list(special)} are read as logits."
             )
-    if "label" not in header and require_labels:
-        raise ValueError(f"Expected a 'label' column in {src!r}, got columns {header}.")
-    logit_cols = [i for i, h in enumerate(header) if h not in _CSV_SPECIAL]
+    if label_col not in header and require_labels:
+        raise ValueError(f"Expected a {label_col!r} column in {src!r}, got columns {header}; to read another column "
+                         "as the labels, pass label_column=<its name>.")
+    logit_cols = [i for i, h in enumerate(header) if h not in special]
     if len(logit_cols) < 2:
         raise ValueError(f"Expected at least 2 logit columns in {src!r}, got {len(logit_cols)}.")
     for row, line in zip(rows, lines):
@@ -732,25 +829,25 @@ def _read_csv(path, *, require_labels=True):
         "logits": logits.astype(np.float32),
         "class_names": np.array([header[i] for i in logit_cols]),
     }
-    if "label" in header:
-        out["labels"] = _csv_numbers(columns[header.index("label")], "label", lines, path)
-    if "split" in header:
-        raw = columns[header.index("split")]
-        split = _csv_numbers(raw, "split", lines, path)
+    if label_col in header:
+        out["labels"] = _csv_numbers(columns[header.index(label_col)], label_col, lines, path)
+    if split_col in header:
+        raw = columns[header.index(split_col)]
+        split = _csv_numbers(raw, split_col, lines, path)
         bad = np.flatnonzero(~np.isin(split, (0, 1)))
         if bad.size:
             raise ValueError(
-                f"Expected 0 (calibration) or 1 (test) in column 'split' of {src!r}, got {raw[bad[0]]!r} on line "
+                f"Expected 0 (calibration) or 1 (test) in column {split_col!r} of {src!r}, got {raw[bad[0]]!r} on line "
                 f"{lines[bad[0]]} ({bad.size} such rows)."
             )
         out["split"] = split.astype(np.int8)
-    if "group" in header:
-        groups = np.array([g.strip() for g in columns[header.index("group")]])
+    if group_col in header:
+        groups = np.array([g.strip() for g in columns[header.index(group_col)]])
         missing = np.flatnonzero((np.char.str_len(groups) == 0) | (np.char.lower(groups) == "nan"))
         if missing.size:
             raise ValueError(
-                f"Expected a group id on every row of column 'group' of {src!r}, got a missing value "
-                f"({columns[header.index('group')][missing[0]]!r}) on line {lines[missing[0]]} ({missing.size} such rows)."
+                f"Expected a group id on every row of column {group_col!r} of {src!r}, got a missing value "
+                f"({columns[header.index(group_col)][missing[0]]!r}) on line {lines[missing[0]]} ({missing.size} such rows)."
             )
         out["groups"] = groups
     if "fallback" in header:

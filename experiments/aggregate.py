@@ -43,7 +43,9 @@ PUBLISHED_PRESETS = {"kull2019": DEFAULT_PUBLISHED}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # --help: the whole module docstring (what it reads, what it writes, exit status), then the options.
+    parser = argparse.ArgumentParser(prog="aggregate.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder (hydra.sweep.dir)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: SWEEP_DIR)")
     parser.add_argument("--published", nargs="?", const=DEFAULT_PUBLISHED, default=None, type=Path,

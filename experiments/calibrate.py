@@ -5,8 +5,8 @@
     python experiments/calibrate.py -m experiment=kull2019           # a preset sweep (conf/experiment/)
     python experiments/calibrate.py data=npz data.path=big.npy data.mmap=true conformal=aps  # out of core
 
-With ``data.mmap=true`` and a ``.npy`` logits file (labels in ``labels.npy`` beside it or ``+data.labels_path=``,
-a ``.npz`` of labels/split/groups/fallback there too; split in ``split.npy`` beside it or ``+data.split_path=``) the
+With ``data.mmap=true`` and a ``.npy`` logits file (labels in ``labels.npy`` beside it or ``data.labels_path=``,
+a ``.npz`` of labels/split/groups/fallback there too; split in ``split.npy`` beside it or ``data.split_path=``) the
 pipeline reads the file in row chunks of ``data.chunk_rows`` rows (calib.evaluation.streaming; docs/scaling.md).
 
 Writes into the run folder: metrics.json (deterministic; its artifact_id names the artifact beside it), timings.json, reliability.png,
@@ -86,7 +86,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                   procedure_resamples=cfg.eval.procedure_resamples)
     fitted = time.perf_counter()
     log.info("[3/4] Fitted and evaluated in %.2f s", fitted - start)
-    result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+    data_name = cfg.data.get("name") or (Path(str(cfg.data.path)).name if cfg.data.get("path") else None)
+    result.write(out_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), data_name=data_name)
     write_json_atomic(out_dir / "timings.json", {"fit_evaluate_s": fitted - start, "artifact_id": result.metrics["artifact_id"],
                                                  "total_s": time.perf_counter() - start})
     log.info("[4/4] Wrote metrics.json, timings.json, plots and artifact/")
@@ -141,8 +142,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:
-        check_overrides(sys.argv[1:])
+    try:  # root keys, and keys inside component groups against the chosen YAML and its constructor
+        sys.argv[1:] = check_overrides(sys.argv[1:], config_dir=Path(__file__).resolve().parents[1] / "conf")
     except ValueError as err:
         raise SystemExit(f"calibrate.py: {err}") from None
     main()

@@ -110,13 +110,37 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "compare.json", {"rows": result["rows"], "matched": matched})
     write_text_atomic(out_dir / "compare.md", table)
+    models = [r["model"] for r in result["rows"]]
+    title = f"{len(models)} models on one test set: {', '.join(models[:4])}{', ...' if len(models) > 4 else ''}"
     if matched and matched["budgets"]:
-        fig = plot_matched_comparison(result)
+        fig = plot_matched_comparison(result, title=title)
     else:
-        fig = plot_comparison(result, names[0], target_risk=cfg.policies[names[0]].get("target_risk"))
+        fig = plot_comparison(result, names[0], target_risk=cfg.policies[names[0]].get("target_risk"), title=title)
     save_figure(fig, out_dir / "compare.png")
     print(table)
     return result
+
+
+def help_text() -> str:
+    """``--help``: what the script does, every option it takes with its default (conf/compare.yaml), and the only
+    config groups it composes (Hydra's own help lists every group of conf/, most of which compare.py ignores)."""
+    conf = REPO / "conf"
+    text = (conf / "compare.yaml").read_text()
+    options = text[: text.index("\nhydra:")] if "\nhydra:" in text else text
+    options = "\n".join(line for line in options.splitlines() if not line.startswith(("#   python", "#  python")))
+
+    def group(folder):
+        return ", ".join(sorted(p.stem for p in (conf / folder).glob("*.yaml") if p.stem != "none"))
+
+    return (__doc__.strip() + "\n\nUsage: python experiments/compare.py [key=value ...]\n\n"
+            "Options (override any key as key=value; the defaults, from conf/compare.yaml):\n\n" + options.strip()
+            + "\n\nConfig groups it takes (group@key=option):\n"
+            f"  policy@policies.<name>   a compared policy (options: {group('policy')}); "
+            "+policy@policies.<new>=<option> adds one\n"
+            f"  policy/costs@costs       the cost model of the matched comparison (options: {group('policy/costs')})\n"
+            "\nOutputs: compare.json, compare.md, compare.png in the run folder (hydra.run.dir=..., default "
+            "outputs/compare/<date>_<time>). Exit status 0 on success; 1 with an error message when no model is "
+            "found or an option is wrong.\nHydra's own flags: --hydra-help, --cfg job, --info.\n")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
@@ -127,4 +151,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        print(help_text())
+        sys.exit(0)
     main()

@@ -41,11 +41,10 @@ def test_default_run_on_embedded_data(tmp_path):
     m = _metrics(tmp_path)
     assert {"n_cal", "n_test", "calibrator", "uncalibrated", "calibrated"} <= set(m)
     assert METRIC_KEYS <= set(m["uncalibrated"]) and METRIC_KEYS <= set(m["calibrated"])
-    assert m["n_cal"] == 10216 and m["n_test"] == 10000
+    # data=builtin pools the file's long-tailed and balanced parts and splits them again (issue 16); the SCTL
+    # published numbers are on the file's own split: tests/test_defaults.py checks them with data=builtin_shifted
+    assert m["n_cal"] + m["n_test"] == 20216 and m["n_cal"] != 10216
     assert m["calibrator"]["kind"] == "temperature"
-    # SCTL logs (calib/data/README.md): 19.14 % uncalibrated, 5.90 % with the exact TS optimum.
-    assert round(100 * m["uncalibrated"]["ece"], 2) == 19.14
-    assert round(100 * m["calibrated"]["ece"], 2) == 5.90
     assert str(tmp_path) in proc.stdout.strip().splitlines()[-1]  # the final log line names the run folder
 
 

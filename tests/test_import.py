@@ -17,3 +17,24 @@ def test_import_calib_does_not_pull_heavy_dependencies():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+DOCUMENTED = ("datasets", "io", "metrics", "selective", "stats", "calibrators", "conformal", "policy", "shift",
+              "artifacts", "deploy", "runtime", "evaluation", "plotting", "config")
+
+
+def test_bare_import_calib_reaches_the_documented_submodules_lazily():
+    code = (
+        "import sys, calib\n"
+        f"documented = {DOCUMENTED!r}\n"
+        "print(sorted(n for n in documented if n not in calib.SUBMODULES))\n"
+        "print(sorted(n for n in calib.SUBMODULES if n != 'io' and f'calib.{n}' in sys.modules))\n"  # nothing eager
+        "mods = {n: getattr(calib, n) for n in calib.SUBMODULES}\n"
+        "print(sorted(n for n, m in mods.items() if m is not sys.modules[f'calib.{n}']))\n"
+        "print(callable(calib.datasets.load), callable(calib.metrics.expected_calibration_error), set(calib.SUBMODULES) <= set(dir(calib)))\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        "try:\n    calib.no_such_module\nexcept AttributeError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "[]", "[]", "True True True", "[]",
+                                       "module 'calib' has no attribute 'no_such_module'"], out.stdout + out.stderr

@@ -237,3 +237,118 @@ def test_split_without_labels():
         d.split_cal_test(resplit=True)
     with pytest.raises(ValueError, match="Expected labels for a stratified calibration/test split.*no split"):
         LogitsData(logits=logits, labels=None).split_cal_test()
+
+
+# --- one's own key and column names (issue 16): logits_key, labels_key, ..., label_column, ... ----------------
+
+
+def test_npz_and_pt_keys_can_be_named(tmp_path, small):
+    logits, labels, split = small
+    groups = np.arange(40) % 3
+    np.savez(tmp_path / "own.npz", scores=logits, y=labels, fold=split, site=groups)
+    d = load_logits(tmp_path / "own.npz", logits_key="scores", labels_key="y", split_key="fold", groups_key="site")
+    np.testing.assert_array_equal(d.logits, logits)
+    np.testing.assert_array_equal(d.labels, labels)
+    np.testing.assert_array_equal(d.split, split)
+    np.testing.assert_array_equal(d.groups, groups)
+    assert d.extras == {}  # the renamed arrays are not also kept as extras
+    torch.save({"out": torch.from_numpy(logits), "target": torch.from_numpy(labels)}, tmp_path / "own.pt")
+    d = load_logits(tmp_path / "own.pt", logits_key="out", labels_key="target")
+    np.testing.assert_array_equal(d.logits, logits)
+    np.testing.assert_array_equal(d.labels, labels)
+    # None and the standard name mean the standard name
+    np.savez(tmp_path / "std.npz", logits=logits, labels=labels)
+    d = load_logits(tmp_path / "std.npz", logits_key=None, labels_key="labels", split_key=None)
+    np.testing.assert_array_equal(d.labels, labels)
+
+
+def test_named_key_beats_the_standard_one_and_names_may_swap(tmp_path, small):
+    logits, labels, _ = small
+    other = logits[:, ::-1].copy()
+    np.savez(tmp_path / "two.npz", logits=logits, logits_ema=other, labels=labels)
+    d = load_logits(tmp_path / "two.npz", logits_key="logits_ema")
+    np.testing.assert_array_equal(d.logits, other)
+    assert "logits_ema" not in d.extras and "logits" not in d.extras
+    np.savez(tmp_path / "swapped.npz", logits=labels, labels=logits)  # a file written with the names swapped
+    d = load_logits(tmp_path / "swapped.npz", logits_key="labels", labels_key="logits")
+    np.testing.assert_array_equal(d.logits, logits)
+    np.testing.assert_array_equal(d.labels, labels)
+
+
+def test_csv_columns_can_be_named(tmp_path, small):
+    logits, labels, split = small
+    path = tmp_path / "own.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["target", "fold", "site", "cat", "dog", "fox", "owl"])
+        for i in range(40):
+            w.writerow([labels[i], split[i], "ab"[i % 2], *(f"{v:.6f}" for v in logits[i])])
+    d = load_logits(path, label_column="target", split_column="fold", group_column="site")
+    assert list(d.class_names) == ["cat", "dog", "fox", "owl"]
+    np.testing.assert_array_equal(d.labels, labels)
+    np.testing.assert_array_equal(d.split, split)
+    assert d.groups.tolist() == ["ab"[i % 2] for i in range(40)]
+    np.testing.assert_allclose(d.logits, logits, atol=5e-7)
+
+
+def test_labels_npz_of_npy_logits_takes_the_key_names(tmp_path, small):
+    logits, labels, split = small
+    np.save(tmp_path / "logits.npy", logits)
+    np.savez(tmp_path / "side.npz", y=labels, fold=split)
+    d = load_logits(tmp_path / "logits.npy", labels_path=tmp_path / "side.npz", labels_key="y", split_key="fold")
+    np.testing.assert_array_equal(d.labels, labels)
+    np.testing.assert_array_equal(d.split, split)
+
+
+def test_key_and_column_name_errors_name_the_argument_and_what_is_there(tmp_path, small):
+    logits, labels, _ = small
+    np.savez(tmp_path / "own.npz", scores=logits, y=labels)
+    src = str(tmp_path / "own.npz")
+    cases = [
+        (dict(), ValueError, f"Expected a 'logits' array in {src!r}, got keys ['scores', 'y']; to read another key as "
+                             "the logits, pass logits_key=<its name>."),
+        (dict(logits_key="scores", labels_key="yy"), ValueError,
+         f"Expected a 'yy' array in {src!r} (labels_key='yy'), got keys ['scores', 'y']."),
+        (dict(logits_key="scores", labels_key="scores"), ValueError,
+         "Expected distinct names for logits_key and labels_key, got 'scores' for both."),
+        (dict(logits_key="scores", labels_key="y", label_column="y"), ValueError,
+         f"Expected array names of a .npz/.pt file for {src!r}, got label_column='y'; *_column names columns of a "
+         ".csv."),
+        (dict(logits_key=3), TypeError, "Expected logits_key as a non-empty str (or None for the standard name), "
+                                        "got int 3."),
+        (dict(split_key=""), TypeError, "Expected split_key as a non-empty str (or None for the standard name), "
+                                        "got str ''."),
+    ]
+    for kw, exc, message in cases:
+        with pytest.raises(exc) as info:
+            load_logits(tmp_path / "own.npz", **kw)
+        assert str(info.value) == message, kw
+    path = tmp_path / "d.csv"
+    path.write_text("label,y,cat,dog\n0,1,0.1,0.2\n1,0,0.3,0.1\n")
+    for kw, message in [
+        (dict(label_column="yy"), f"Expected a column 'yy' in {str(path)!r} (label_column='yy'), got columns "
+                                  "['label', 'y', 'cat', 'dog']."),
+        (dict(label_column="y"), f"Expected no 'label' column beside label_column='y' in {str(path)!r}, got one: it "
+                                 "would be read as a class's logits; rename or drop it."),
+        (dict(labels_key="y"), f"Expected column names for a .csv (label_column, split_column, group_column), got "
+                               f"labels_key='y' for {str(path)!r}; *_key names arrays of .npz/.pt files."),
+    ]:
+        with pytest.raises(ValueError) as info:
+            load_logits(path, **kw)
+        assert str(info.value) == message, kw
+    path.write_text("y,cat,dog\n0,0.1,0.2\n")
+    with pytest.raises(ValueError) as info:
+        load_logits(path)
+    assert str(info.value) == (f"Expected a 'label' column in {str(path)!r}, got columns ['y', 'cat', 'dog']; to read "
+                               "another column as the labels, pass label_column=<its name>.")
+    np.save(tmp_path / "l.npy", logits)
+    for kw, message in [
+        (dict(labels_key="y"), f"Expected labels_key='y' only with a labels .npz (labels_path=<file>.npz) for the .npy "
+                               f"logits {str(tmp_path / 'l.npy')!r}, got no labels_path."),
+        (dict(logits_key="s"), f"Expected no logits_key or column name for {str(tmp_path / 'l.npy')!r}, got "
+                               "logits_key='s'; a .npy holds one array (labels_key, split_key, groups_key name the "
+                               "arrays of a labels .npz)."),
+    ]:
+        with pytest.raises(ValueError) as info:
+            load_logits(tmp_path / "l.npy", **kw)
+        assert str(info.value) == message, kw

@@ -256,13 +256,14 @@ def _calibrate(*overrides, cwd):
 
 def test_calibrate_monitor_option(tmp_path):
     run = tmp_path / "run"
-    p = _calibrate("policy=risk_control", "monitor.target=test", "monitor.n_bootstrap=20", f"hydra.run.dir={run}",
-                   cwd=tmp_path)
+    # data=builtin_shifted: the embedded file's own long-tailed -> balanced split (data=builtin resplits, issue 16)
+    p = _calibrate("data=builtin_shifted", "policy=risk_control", "monitor.target=test", "monitor.n_bootstrap=20",
+                   f"hydra.run.dir={run}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((run / "monitor" / "monitor.json").read_text())
     assert report["alarm"] and report["policy"]["kind"] == "risk_control"
     assert "Monitor: ALARM" in (run / "calibrate.log").read_text()
-    p = _calibrate("monitor.target=test", "monitor.n_bootstrap=0", "monitor.fail_on_alarm=true",
+    p = _calibrate("data=builtin_shifted", "monitor.target=test", "monitor.n_bootstrap=0", "monitor.fail_on_alarm=true",
                    f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path)
     assert p.returncode == 1 and (tmp_path / "run2" / "monitor" / "monitor.json").exists()
     p = _calibrate("monitor.alpha=2", "monitor.target=test", f"hydra.run.dir={tmp_path / 'run3'}", cwd=tmp_path)

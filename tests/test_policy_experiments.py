@@ -80,7 +80,7 @@ def test_shift_report_breaks_under_label_shift_only():
 
 
 def test_audit_quick_command_runs(capsys):
-    shared_npz("cifar_chenyaofo/cifar10_resnet56.npz")
+    # The default data are embedded (no ../shared): --quick audits the first, netcal_cifar10_wrn16_4.
     sys.path.insert(0, str(REPO / "experiments"))
     try:
         import audit_policy
@@ -88,7 +88,7 @@ def test_audit_quick_command_runs(capsys):
         sys.path.remove(str(REPO / "experiments"))
     assert audit_policy.main(["--quick", "--n-splits", "100"]) == 0
     out = capsys.readouterr().out
-    assert "violations" in out and "cifar10_resnet56" in out
+    assert "violations" in out and "netcal_cifar10_wrn16_4" in out
 
 
 # --- calib.policy.compare: the library side of compare.py ---------------------------------------------------

@@ -82,6 +82,56 @@ def _quiet():
         yield
 
 
+#: Seconds per 1,000 rows per class of netcal's slow methods (one-vs-rest on k > 2), measured on one core of a
+#: 2-core machine on the embedded c10lt_resnet110 (10,108 rows x 10 classes: BBQ ~12 s, ENIR ~31 s); a start
+#: line states the expected fit time from them (docs/experiments.md, "How long the presets take").
+SLOW_METHOD_SECONDS = {"BBQ": 0.12, "ENIR": 0.31}
+
+
+class _FitProgress:
+    """A start line for netcal's slow fits (INFO, ``calib.calibrators.netcal_adapter``) with the expected time,
+    then a line every ``EVERY`` seconds while the fit runs (netcal itself prints nothing) and one at the end;
+    silent for the fast methods. The ticker is a daemon thread that only logs; it never touches the fit."""
+
+    EVERY = 10.0
+
+    def __init__(self, method, n, k):
+        self.method, self.n, self.k = method, int(n), int(k)
+        self.rate = SLOW_METHOD_SECONDS.get(method)
+        self._stop = self._thread = None
+
+    def __enter__(self):
+        if self.rate is None:
+            return self
+        import threading
+        import time
+
+        classes = 1 if self.k == 2 else self.k
+        expected = self.rate * self.n / 1000.0 * classes
+        log.info("Fitting netcal %s on %d rows x %d classes: expect ~%.2g s on one core (no progress from netcal "
+                 "itself; a line every %g s)", self.method, self.n, self.k, expected, self.EVERY)
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+
+        def tick():
+            while not self._stop.wait(self.EVERY):
+                log.info("netcal %s: fitting, %.0f s so far (expected ~%.2g s)", self.method,
+                         time.monotonic() - self._t0, expected)
+
+        self._thread = threading.Thread(target=tick, name=f"netcal-{self.method}-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            import time
+
+            self._stop.set()
+            self._thread.join()
+            log.info("netcal %s: fitted in %.1f s", self.method, time.monotonic() - self._t0)
+        return False
+
+
 class NetcalCalibrator(Calibrator):
     """Adapter around a netcal calibration method (Küppers, Kronenberger, Shantia, Haselhoff,
     "Multivariate Confidence Calibration for Object Detection", CVPR Workshops 2020; netcal library).
@@ -175,8 +225,9 @@ class NetcalCalibrator(Calibrator):
 
     def _fit(self, logits, labels):
         model = self._netcal_class()(**self.method_kwargs)
-        with _quiet():
-            model.fit(self._input(logits), labels)
+        x = self._input(logits)
+        with _FitProgress(self.method, logits.shape[0], logits.shape[1]), _quiet():
+            model.fit(x, labels)
         self.model_ = model
 
     def _predict_proba(self, logits):

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from calib._validation import check_choice, check_fraction, check_positive_int
+from calib.evaluation.results import format_number
 from calib.plotting.routing import check_policy_name
 
 __all__ = ["compare_models", "markdown_table", "check_policy_name", "matched_comparison", "matched_markdown",
@@ -116,7 +117,7 @@ def _fmt_ci(m, key, pct=True):
     v, ci = m[key], m["ci"].get(key)
     if v is None:
         return "n/a"
-    f = (lambda x: f"{100 * x:.2f}") if pct else (lambda x: f"{x:.3f}")
+    f = (lambda x: format_number(100 * x, decimals=2)) if pct else (lambda x: format_number(x, decimals=3))
     return f"{f(v)} [{f(ci[0])}, {f(ci[1])}]" if ci else f(v)
 
 
@@ -144,7 +145,8 @@ def markdown_table(rows, policy_name, *, target_risk=None, delta=None, calibrato
         m = r["policies"][policy_name]
         g = m.get("guarantee") or {}
         lines.append("| " + " | ".join([
-            r["model"], f"{100 * r['accuracy']:.2f}", f"{100 * r['ece']:.2f}", f"{1000 * r['aurc']:.2f}",
+            r["model"], format_number(100 * r["accuracy"], decimals=2), format_number(100 * r["ece"], decimals=2),
+            format_number(1000 * r["aurc"], decimals=2),
             _fmt_ci(m, "automation_rate"), _fmt_ci(m, "selective_risk"), _fmt_ci(m, "silent_failure_rate"),
             _fmt_ci(m, "recovery_rate"), _fmt_ci(m, "task_completion_rate"), _fmt_ci(m, "expected_cost", pct=False),
             "n/a" if g.get("certified") is None else str(g["certified"]),
@@ -382,13 +384,15 @@ def matched_comparison(models, *, budgets=(0.05, 0.10, 0.30), target_risks=(0.05
 def _pct(x, signed=False):
     if x is None:
         return "n/a"
-    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+    text = format_number(100 * x, decimals=2)
+    return ("+" + text if signed and not text.startswith("-") else text)
 
 
 def _num(x, signed=False):
     if x is None:
         return "n/a"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
+    text = format_number(x, decimals=4)
+    return ("+" + text if signed and not text.startswith("-") else text)
 
 
 def _cell(m, key, fmt=_pct):

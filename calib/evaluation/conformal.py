@@ -37,7 +37,7 @@ def coverage_law_kwargs(predictor):
 
 
 def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *, cal_groups=None,
-                    test_groups=None, plots=True):
+                    test_groups=None, plots=True, class_names=None):
     """Fit ``predictor`` on calibration probabilities, predict test sets, return (section, plot data).
 
     Parameters
@@ -46,6 +46,7 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
     cal_probs, test_probs : ndarray (n, k) of calibrated probabilities
     cal_labels, test_labels : ndarray (n,)
     cal_groups, test_groups : ndarray (n,), optional; required by ``condition="group"``.
+    class_names : sequence of k str, optional; shown on ``class_coverage.png`` instead of the class ids.
 
     Returns
     -------
@@ -118,11 +119,14 @@ def conformal_stage(predictor, cal_probs, cal_labels, test_probs, test_labels, *
             title=f"{predictor.kind}/{predictor.score_name}: coverage vs alpha", title_fontsize=9)
         plot_data["set_size_histogram.png"] = FigureSpec(
             "conformal.plot_set_size_histogram", cplots.prepare_set_sizes(first), size=(5, 4),
-            title=f"set sizes at alpha={alphas[0]:g}", title_fontsize=9)
+            title=f"{predictor.kind}/{predictor.score_name}: set sizes at alpha={alphas[0]:g}", title_fontsize=9)
         _, p_holm = class_coverage_pvalues(first, test_labels, alphas[0],
                                            calibration_sizes=law.get("class_calibration_sizes"))
         plot_data["class_coverage.png"] = FigureSpec(
             "conformal.plot_class_coverage", cplots.prepare_class_coverage(first, test_labels, alphas[0],
-                                                                           p_holm=p_holm, level=LEVEL),
-            size=(5, 4))
+                                                                           p_holm=p_holm, level=LEVEL,
+                                                                           class_names=class_names),
+            size=cplots.class_coverage_figure_size(np.shape(first)[1]),
+            title=f"{predictor.kind}/{predictor.score_name}: coverage per class at alpha={alphas[0]:g}",
+            title_fontsize=9)
     return section, plot_data

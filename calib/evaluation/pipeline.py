@@ -30,7 +30,8 @@ from calib.calibrators.base import softmax
 from calib.io import LogitsData
 
 __all__ = ["PipelineResult", "fit_and_evaluate", "procedure_intervals", "procedure_scorer", "METRIC_KEYS",
-           "CALIBRATION_CI_KEYS", "RUN_FILES", "PLOT_FILES", "clear_run_folder"]
+           "CALIBRATION_CI_KEYS", "RUN_FILES", "PLOT_FILES", "clear_run_folder", "guarantee_warnings",
+           "label_prior_test", "warn_guarantees"]
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,11 @@ class PipelineResult:
         return FittedPipeline.from_parts(self.calibrator, self.conformal, self.policy, class_names=self.class_names,
                                          reliability=self.reliability, reference=self.reference)
 
-    def write(self, out_dir, *, config_yaml=None):
+    def write(self, out_dir, *, config_yaml=None, data_name=None):
         """Write the figures (reliability.png and :attr:`plots`), artifact/ and, last, metrics.json into ``out_dir``.
+
+        Every figure's title names the data: ``data_name``, or (None) the ``data.name`` of ``config_yaml``
+        (:func:`calib.plotting.with_data_name`).
 
         The previous run's outputs in ``out_dir`` are removed first (metrics.json before anything else, then
         timings.json, the figures of :data:`PLOT_FILES` and a calib ``artifact/``; no other file is touched),
@@ -105,7 +109,7 @@ class PipelineResult:
         """
         from calib import artifacts
         from calib._atomic import write_json_atomic
-        from calib.plotting import render, reliability, save_figure
+        from calib.plotting import render, reliability, save_figure, with_data_name
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,16 +127,136 @@ class PipelineResult:
                 (self.calibrator.kind,
                  reliability.prepare_reliability(self.probs_after, self.test_labels, n_bins=self.n_bins)),
             ]
-        fig = reliability.plot_reliability_comparison(panels)
+        data_name = data_name if data_name is not None else _data_name(config_yaml)
+        fig = reliability.plot_reliability_comparison(panels, title=f"reliability (test part) — {data_name}"
+                                                      if data_name else "reliability (test part)")
         save_figure(fig, out_dir / "reliability.png")
         for name, spec in self.plots.items():
-            save_figure(render(spec), out_dir / name)
+            save_figure(render(with_data_name(spec, data_name)), out_dir / name)
         self.fitted_pipeline().save(out_dir / "artifact", metrics=self.metrics,
                                     data_fingerprint=self.metrics["data_fingerprint"], config_yaml=config_yaml,
                                     overwrite=True)
         self.metrics["artifact_id"] = artifacts.content_id(artifacts.read_manifest(out_dir / "artifact"))
         write_json_atomic(out_dir / "metrics.json", self.metrics)  # last: its presence means the run completed
         return out_dir
+
+
+def _data_name(config_yaml):
+    """``data.name`` of a run's resolved config YAML (a figure title's data name), or None."""
+    if not config_yaml:
+        return None
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(config_yaml)
+    except yaml.YAMLError:  # a title is not worth failing a run for
+        return None
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) and str(name) else None
+
+
+#: level of the chi-square test of the class priors (calibration vs test) named as the likely cause of a violation
+PRIOR_LEVEL = 0.05
+
+
+def label_prior_test(cal_counts, test_counts):
+    """Chi-square test of homogeneity of the label counts of the calibration and the test part (H0: both parts
+    draw their labels from the same class priors): ``{"statistic", "dof", "p_value"}`` of
+    :func:`scipy.stats.chi2_contingency` on the 2 x k table (classes absent from both parts dropped), or None
+    when fewer than two classes occur. An asymptotic test: with tiny parts (expected counts below ~5) its p-value
+    is approximate."""
+    from scipy.stats import chi2_contingency
+
+    from calib._validation import check_positive_int
+
+    table = []
+    for name, counts in (("cal_counts", cal_counts), ("test_counts", test_counts)):
+        c = np.asarray(counts)
+        if c.ndim != 1 or c.size == 0 or not np.issubdtype(c.dtype, np.integer) or (c < 0).any():
+            raise ValueError(f"Expected {name} as a 1-D array of label counts (integers >= 0), got "
+                             f"{c.dtype} of shape {c.shape}.")
+        table.append(c.astype(np.int64))
+    if table[0].size != table[1].size:
+        raise ValueError(f"Expected cal_counts and test_counts of the same length (one count per class), got "
+                         f"{table[0].size} and {table[1].size}.")
+    for name, c in zip(("cal_counts", "test_counts"), table):
+        check_positive_int(int(c.sum()), f"sum of {name}", minimum=1)
+    t = np.stack(table)
+    t = t[:, t.sum(axis=0) > 0]
+    if t.shape[1] < 2:
+        return None
+    stat, p, dof, _ = chi2_contingency(t, correction=False)
+    return {"statistic": float(stat), "dof": int(dof), "p_value": float(p)}
+
+
+def _tests(block):
+    return [b for b in (block if isinstance(block, list) else [block]) if isinstance(b, dict)]
+
+
+def guarantee_warnings(metrics, cal_counts=None, test_counts=None):
+    """One plain sentence per guarantee the test part significantly violates, from the exact tests already in
+    ``metrics`` (a metrics.json dict): the conformal ``coverage_test`` with ``rejected`` (one per alpha) and a
+    policy's ``test_risk_test`` with ``exceeds`` (any section holding one). Each sentence names the test and its
+    p-value and says that the guarantee assumes exchangeable calibration and test rows; with the label counts of
+    the two parts (``cal_counts``, ``test_counts``: one count per class) it adds the chi-square test of their
+    class priors (:func:`label_prior_test`) as the likely cause when it rejects at level 0.05 (a label shift),
+    or says the priors agree. Returns ``[]`` when nothing is violated. Deterministic: same metrics, same text.
+    """
+    if not isinstance(metrics, dict):
+        raise TypeError(f"Expected metrics as a dict (the content of metrics.json), got {type(metrics).__name__}.")
+    if (cal_counts is None) != (test_counts is None):
+        raise ValueError("Expected cal_counts and test_counts together (or neither), got only one of them.")
+    found = []
+    conformal = metrics.get("conformal")
+    if isinstance(conformal, dict):
+        for t in _tests(conformal.get("coverage_test")):
+            if t.get("rejected"):
+                law = str(t.get("law", "exact")).replace("_", "-")
+                found.append(f"conformal {conformal.get('kind', '')}/{conformal.get('score', '')}: test coverage "
+                             f"{t['coverage']:.4g} < {1 - t['alpha']:.4g} at alpha={t['alpha']:g} (exact {law} test "
+                             f"of H0 coverage >= 1 - alpha: {t['covered']} of {t['n']} test rows covered, "
+                             f"p={t['p_value']:.2g})")
+    for key in sorted(metrics):
+        section = metrics[key]
+        if not isinstance(section, dict) or not isinstance(section.get("test_risk_test"), dict):
+            continue
+        t = section["test_risk_test"]
+        if not t.get("exceeds"):
+            continue
+        target = (section.get("guarantee") or {}).get("target_risk")
+        certified = (section.get("guarantee") or {}).get("certified")
+        risk = t["n_errors"] / t["n_answered"] if t["n_answered"] else float("nan")
+        found.append(f"{key} {section.get('kind', '')}: test selective risk {risk:.4g} > target "
+                     f"{target:g} (exact binomial test of H0 risk <= target: {t['n_errors']} errors in "
+                     f"{t['n_answered']} answered test rows, p={t['p_value']:.2g})"
+                     + (" although the calibration part certified it" if certified else ""))
+    if not found:
+        return []
+    cause = "the guarantee assumes calibration and test rows are exchangeable"
+    if cal_counts is not None:
+        prior = label_prior_test(cal_counts, test_counts)
+        if prior is not None and prior["p_value"] <= PRIOR_LEVEL:
+            p = f"p={prior['p_value']:.2g}" if prior["p_value"] > 0 else "p<1e-300"
+            cause += (f"; the class priors of the calibration and test parts differ (chi-square {prior['statistic']:.1f}"
+                      f" on {prior['dof']} dof, {p}): label shift; see docs/shift.md")
+        elif prior is not None:
+            cause += (f"; the class priors of the two parts agree (chi-square p={prior['p_value']:.2g}), so look for "
+                      "another shift between them (docs/shift.md)")
+    return [f"{line}: {cause}" for line in found]
+
+
+def warn_guarantees(metrics, cal_labels, test_labels, n_classes):
+    """Log :func:`guarantee_warnings` of ``metrics`` (label counts from ``cal_labels`` / ``test_labels``) as
+    WARNING lines and store them in ``metrics["warnings"]`` (a list, empty when nothing is violated). Called
+    where :func:`fit_and_evaluate` and :func:`calib.evaluation.streaming.fit_and_evaluate_streaming` finish."""
+    k = int(n_classes)
+    messages = guarantee_warnings(metrics, np.bincount(np.asarray(cal_labels), minlength=k),
+                                  np.bincount(np.asarray(test_labels), minlength=k))
+    for line in messages:
+        log.warning("%s", line)
+    metrics["warnings"] = messages
+    return messages
 
 
 def clear_run_folder(out_dir, *, also=()):
@@ -230,7 +354,8 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
 
         log.info("Conformal stage: %s", conformal)
         section, plot_data = conformal_stage(conformal, cal_probs, cal.labels, probs_after, test.labels,
-                                        cal_groups=cal.groups, test_groups=test.groups)
+                                        cal_groups=cal.groups, test_groups=test.groups,
+                                        class_names=cal.class_names)
         result["conformal"] = section
         plots.update(plot_data)
     if policy is not None:
@@ -240,13 +365,14 @@ def fit_and_evaluate(cal: LogitsData, test: LogitsData, calibrator, *, conformal
         sections, plot_data = policy_stage(policy, cal_probs, cal.labels, probs_after, test.labels,
                                       conformal=conformal, cal_extras=cal.extras, test_extras=test.extras,
                                       cal_groups=cal.groups, test_groups=test.groups,
-                                      n_resamples=n_bootstrap, seed=bootstrap_seed)
+                                      n_resamples=n_bootstrap, seed=bootstrap_seed, class_names=cal.class_names)
         result.update(sections)
         plots.update(plot_data)
     if procedure_resamples:
         result["procedure_ci"] = procedure_intervals(cal, test, calibrator, conformal=conformal, policy=policy,
                                                      n_bins=n_bins, n_resamples=procedure_resamples,
                                                      seed=bootstrap_seed)
+    warn_guarantees(result, cal.labels, test.labels, cal.n_classes)
     from calib.deploy import FittedPipeline
 
     reference = FittedPipeline.from_parts(calibrator, conformal, policy, reliability=reliability).attach_reference(

@@ -291,8 +291,42 @@ def _mean_std(values):
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else math.nan), int(a.size)
 
 
-def _fmt(mean, std):
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+def format_number(x, *, decimals=4, integer=False):
+    """One number of a table, formatted by kind: ``integer`` (counts) as an integer (one decimal when a mean of
+    counts is not whole), 0 and values of magnitude in ``[10**-(decimals-1), 1e5)`` with ``decimals`` fixed
+    decimals, others (tiny or huge) with 3 significant digits; non-finite as ``nan`` / ``inf``.
+
+    >>> [format_number(v) for v in (0.5, 1e-5, 0.000123, 0.0, 2.5e7, float("nan"))]
+    ['0.5000', '1e-05', '0.000123', '0.0000', '2.5e+07', 'nan']
+    >>> format_number(10216, integer=True), format_number(10216.5, integer=True), format_number(3.14159, decimals=2)
+    ('10216', '10216.5', '3.14')
+    """
+    x = float(x)
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if integer:
+        return f"{x:.0f}" if x.is_integer() else f"{x:.1f}"
+    if x == 0 or 10.0 ** -(decimals - 1) <= abs(x) < 1e5:
+        return f"{x:.{decimals}f}"
+    return f"{x:.3g}"
+
+
+def _is_count(values):
+    """Every value an int (a count in metrics.json), not a bool."""
+    return bool(values) and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                                for v in values)
+
+
+def _fmt(mean, std, *, integer=False):
+    """``mean`` or ``mean ± std``, both formatted alike (:func:`format_number`: the std takes the mean's form, so
+    a column reads at one precision)."""
+    m = format_number(mean, integer=integer)
+    if math.isnan(std):
+        return m
+    if integer:
+        return f"{m} ± {std:.1f}"
+    fixed = mean == 0 or 1e-3 <= abs(mean) < 1e5
+    return f"{m} ± {std:.4f}" if fixed else f"{m} ± {std:.2g}"
 
 
 def _is_scalar_name(metric):
@@ -327,7 +361,7 @@ def summary_markdown(header, rows):
                     continue
                 mean, std, n = _mean_std(values)
                 n_seeds = max(n_seeds, n)
-                cells.append(_fmt(mean, std))
+                cells.append(_fmt(mean, std, integer=_is_count(values)))
             lines.append(f"| {_label(config, fixed)} | {n_seeds} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -435,7 +469,8 @@ def pivot_markdown(rows, *, row_key, col_key, split="calibrated", metrics=("nll"
     lines = ["| " + " | ".join([row_key, *header]) + " |", "|" + "---|" * (len(header) + 1)]
     for r in row_values:
         vals = [cells.get((r, c, m)) for c in col_values for m in metrics]
-        lines.append("| " + " | ".join([r, *("-" if v is None else f"{np.mean(v):.4f}" for v in vals)]) + " |")
+        lines.append("| " + " | ".join([r, *("-" if v is None else format_number(np.mean(v), integer=_is_count(v))
+                                              for v in vals)]) + " |")
     return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ def evaluate_routing(policy, probs, labels, *, sets=None, fallback=None, n_resam
 
 
 def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conformal=None, cal_extras=None,
-                 test_extras=None, cal_groups=None, test_groups=None, n_resamples=2000, seed=0):
+                 test_extras=None, cal_groups=None, test_groups=None, n_resamples=2000, seed=0, class_names=None):
     """Fit ``policy`` on the calibration part, apply it to the test part.
 
     Parameters
@@ -106,6 +106,7 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     cal_extras, test_extras : dict, optional
         Per-item arrays of the data; ``"fallback"`` (int labels) is the fallback's output.
     cal_groups, test_groups : ndarray (n,), optional
+    class_names : sequence of k str, optional; the class slices are named by them (table and figure).
 
     Returns
     -------
@@ -141,7 +142,7 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
     conf = selective.confidence_scores(test_p, confidence)
     return routing_sections(policy, m, decision.actions, decision.prediction, test_y, conf,
                             lambda target: silent_failure_slices(test_p, test_y, decision.actions, target=target,
-                                                                 groups=test_groups))
+                                                                 groups=test_groups, class_names=class_names))
 
 
 def routing_sections(policy, metrics, actions, prediction, labels, conf, slices_for):
@@ -195,13 +196,16 @@ def routing_sections(policy, metrics, actions, prediction, labels, conf, slices_
                                             point=(m["escalation_rate"], m["task_completion_rate"]))
     plot_data = {
         "risk_coverage.png": FigureSpec("routing.plot_risk_coverage", rc, kwargs={"label": f"{confidence} (test)"},
-                                        size=(4.5, 3.5), title=f"risk-coverage, policy {policy.kind}",
+                                        size=(4.5, 3.5), title=f"risk vs coverage, policy {policy.kind}",
                                         title_fontsize=9, tight_layout=True),
         "completion_frontier.png": FigureSpec("routing.plot_completion_frontier", fr, size=(4.5, 3.5),
-                                              title="task completion vs escalation", title_fontsize=9,
+                                              title=f"task completion vs escalation, policy {policy.kind}",
+                                              title_fontsize=9,
                                               tight_layout=True),
         "silent_failure_slices.png": FigureSpec("routing.plot_slices",
                                                 rplots.prepare_slices(slices, target=slice_target),
-                                                size=rplots.slices_figure_size(len(slices)), tight_layout=True),
+                                                size=rplots.slices_figure_size(len(slices)), tight_layout=True,
+                                                title=f"silent failures per slice, policy {policy.kind}",
+                                                title_fontsize=9),
     }
     return {"policy": section, "selective": sel}, plot_data

@@ -293,7 +293,7 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
     from calib.calibrators.base import _chunk_rows, softmax
     from calib.calibrators.temperature import subsample_index
     from calib.deploy import reliability_table
-    from calib.evaluation.pipeline import METRIC_KEYS, PipelineResult
+    from calib.evaluation.pipeline import METRIC_KEYS, PipelineResult, warn_guarantees
     from calib.plotting import FigureSpec
     from calib.plotting import reliability as rel
     from calib.selective import confidence_scores
@@ -499,20 +499,23 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
             title=f"{conformal.kind}/{conformal.score_name}: coverage vs alpha", title_fontsize=9)
         plots["set_size_histogram.png"] = FigureSpec(
             "conformal.plot_set_size_histogram", cplots.SetSizeData(np.bincount(size[:, 0], minlength=k + 1)),
-            size=(5, 4), title=f"set sizes at alpha={alphas[0]:g}", title_fontsize=9)
+            size=(5, 4), title=f"{conformal.kind}/{conformal.score_name}: set sizes at alpha={alphas[0]:g}",
+            title_fontsize=9)
         from calib.evaluation import set_metrics as sm
 
         m_, c_, p_, exact = sm.stratum_coverage_pvalues(hit[:, 0], y_test, k, alphas[0], None)
         _, p_holm = sm._stratum_test(m_, c_, p_, exact, list(range(k)), alphas[0], LEVEL, "class")
         plots["class_coverage.png"] = FigureSpec(
-            "conformal.plot_class_coverage", cplots.prepare_class_coverage_rows(hit[:, 0], y_test, k, alphas[0],
-                                                                                p_holm=p_holm, level=LEVEL),
-            size=(5, 4))
+            "conformal.plot_class_coverage", cplots.prepare_class_coverage_rows(
+                hit[:, 0], y_test, k, alphas[0], p_holm=p_holm, level=LEVEL, class_names=data.class_names),
+            size=cplots.class_coverage_figure_size(k),
+            title=f"{conformal.kind}/{conformal.score_name}: coverage per class at alpha={alphas[0]:g}",
+            title_fontsize=9)
     if policy is not None:
         sections, plot_data = _policy_sections(policy, np.concatenate(actions), np.concatenate(prediction),
                                                np.concatenate(fb_out) if fb_out else None, y_test,
                                                np.concatenate(t_conf), conf1, pred1, k, g_test, n_bootstrap,
-                                               bootstrap_seed)
+                                               bootstrap_seed, class_names=data.class_names)
         result.update(sections)
         plots.update(plot_data)
     panels = [("uncalibrated", rel.prepare_reliability_rows(conf0.astype(np.float64), hit0, n_bins=n_bins)),
@@ -524,12 +527,14 @@ def fit_and_evaluate_streaming(data: LogitsData, calibrator, *, conformal=None, 
     reference = ReferenceStats().fit_rows(cal_conf, cal_pred, y_cal, np.concatenate(nov_ml), np.concatenate(nov_en),
                                           k, rates=rates)
     del nov_ml, nov_en
+    warn_guarantees(result, y_cal, y_test, k)  # one WARNING line per significantly violated guarantee
     return PipelineResult(result, calibrator, conformal, policy, y_test, None, None, class_names=data.class_names,
                           reference=reference,
                           n_bins=n_bins, plots=plots, reliability=reliability, reliability_panels=panels)
 
 
-def _policy_sections(policy, actions, prediction, fallback, y, conf, top_conf, pred, k, groups, n_resamples, seed):
+def _policy_sections(policy, actions, prediction, fallback, y, conf, top_conf, pred, k, groups, n_resamples, seed,
+                     class_names=None):
     """:func:`calib.evaluation.routing.policy_stage`'s sections and figures from the test rows' routing (per row)."""
     from calib.evaluation.product_metrics import product_metrics
     from calib.evaluation.routing import _check_resampling, routing_sections
@@ -539,4 +544,4 @@ def _policy_sections(policy, actions, prediction, fallback, y, conf, top_conf, p
     m = product_metrics(actions, prediction, y, fallback, costs=policy.cost_model, n_resamples=n_resamples, seed=seed)
     return routing_sections(policy, m, actions, prediction, y, conf,
                             lambda target: slices_from_rows(top_conf, pred, y, actions, k, target=target,
-                                                            groups=groups))
+                                                            groups=groups, class_names=class_names))

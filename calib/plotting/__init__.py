@@ -3,7 +3,8 @@
 
 Modules: ``reliability`` (reliability diagrams, confidence histograms), ``conformal`` (coverage vs alpha,
 set sizes, class coverage), ``routing`` (risk-coverage, completion frontier, slices, model comparison),
-``results`` (the sweep summary figure).
+``results`` (the sweep summary figure), ``shift`` (the shift monitor); ``style`` (the one look: font sizes,
+colours; applied when a figure is made, never at import).
 
 This package never imports matplotlib at module level and never chooses a backend: scripts do
 (``MPLBACKEND`` or ``matplotlib.use``). Evaluation stages return :class:`FigureSpec` values (the data of
@@ -15,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-__all__ = ["axes", "save_figure", "FigureSpec", "render"]
+__all__ = ["axes", "save_figure", "FigureSpec", "render", "with_data_name"]
 
 
 def axes(ax=None, size=(4, 4)):
-    """``ax`` itself, or the axes of a new ``size`` figure when ``ax`` is None."""
+    """``ax`` itself, or the axes of a new ``size`` figure when ``ax`` is None (calib's style applied:
+    :mod:`calib.plotting.style`)."""
+    from calib.plotting import style
+
+    style.apply()
     if ax is None:
         import matplotlib.pyplot as plt
 
@@ -76,10 +81,27 @@ class FigureSpec:
         return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
+def with_data_name(spec: FigureSpec, data_name):
+    """``spec`` with `` — <data_name>`` appended to its title (the title becomes the data name when it had none);
+    ``spec`` itself when ``data_name`` is None or empty, or already in the title."""
+    if not data_name:
+        return spec
+    name = str(data_name)
+    if spec.title is None:
+        return dataclasses.replace(spec, title=name)
+    if name in spec.title:
+        return spec
+    return dataclasses.replace(spec, title=f"{spec.title} — {name}")
+
+
 def render(spec: FigureSpec):
-    """Draw ``spec`` on a new figure and return the figure (save it with :func:`save_figure`)."""
+    """Draw ``spec`` on a new figure (calib's style, :mod:`calib.plotting.style`) and return the figure (save it
+    with :func:`save_figure`)."""
     import matplotlib.pyplot as plt
 
+    from calib.plotting import style
+
+    style.apply()
     draw = spec.function()
     fig, ax = plt.subplots(figsize=spec.size)
     draw(spec.data, ax=ax, **spec.kwargs)

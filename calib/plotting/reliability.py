@@ -95,16 +95,22 @@ def plot_confidence_histogram(data: ReliabilityData, *, ax=None):
     return ax
 
 
-def plot_reliability_comparison(panels, *, fig=None):
-    """Reliability diagrams with confidence histograms beneath, one column per ``(title, data)`` pair."""
+def plot_reliability_comparison(panels, *, fig=None, title=None):
+    """Reliability diagrams with confidence histograms beneath, one column per ``(title, data)`` pair; ``title``:
+    the figure's title (what and which data)."""
     import matplotlib.pyplot as plt
 
+    from calib.plotting import style
+
+    style.apply()
     panels = list(panels)
     if fig is None:
-        fig = plt.figure(figsize=(4 * len(panels), 5.5))
+        fig = plt.figure(figsize=(4 * len(panels), 5.5 if title is None else 5.8))
+    if title is not None:
+        fig.suptitle(title)
     grid = fig.add_gridspec(2, len(panels), height_ratios=(3, 1.2), hspace=0.35)
-    for col, (title, data) in enumerate(panels):
-        plot_reliability(data, ax=fig.add_subplot(grid[0, col]), title=title)
+    for col, (name, data) in enumerate(panels):
+        plot_reliability(data, ax=fig.add_subplot(grid[0, col]), title=name)
         plot_confidence_histogram(data, ax=fig.add_subplot(grid[1, col]))
     return fig
 

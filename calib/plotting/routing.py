@@ -132,23 +132,35 @@ def prepare_slices(table, *, target=None, top=20) -> SliceData:
 
 
 def slices_figure_size(n_slices, top=20):
-    """Figure size of the slice bars: 0.25 inch per bar (at most ``top``) plus room for the axis."""
-    return (5, 0.25 * min(n_slices, top) + 1.2)
+    """Figure size of the slice bars: 0.25 inch per bar (at most ``top``) plus room for the axis and legend."""
+    return (5, max(2.6, 0.25 * min(n_slices, top) + 1.2))
 
 
 def plot_slices(data, *, ax=None, target=None, top=20):
     """Horizontal bars of the silent-failure rate per slice (flagged slices in red), from :class:`SliceData`
-    (or a slice table, with ``target`` and ``top``)."""
+    (or a slice table, with ``target`` and ``top``), with a legend saying what red means (the slice's exact
+    binomial test against the target, Holm-corrected) and the target line. Slices are named
+    ``class=<class name>`` when the table was built with class names."""
+    from matplotlib.patches import Patch
+
+    from calib.plotting.style import COLORS
+
     if not isinstance(data, SliceData):
         data = prepare_slices(data, target=target, top=top)
     ax = axes(ax, size=slices_figure_size(len(data.names), top))
     names = list(data.names[::-1])
     vals = data.rates[::-1].tolist()
-    colors = ["tab:red" if f else "tab:blue" for f in data.flagged[::-1]]
-    ax.barh(names, vals, color=colors)
+    colors = [COLORS["flagged"] if f else COLORS["main"] for f in data.flagged[::-1]]
+    ax.barh(np.arange(len(names)), vals, color=colors)
+    ax.set_yticks(np.arange(len(names)), names)
+    n_flagged = int(np.sum(data.flagged))
+    handles = [Patch(color=COLORS["flagged"], label=f"flagged: above target, Holm-corrected binomial test "
+                                                     f"({n_flagged})"),
+               Patch(color=COLORS["main"], label="not flagged")]
     if data.target is not None:
-        ax.axvline(data.target, color="k", ls="--", lw=1, label=f"target {data.target:g}")
-        ax.legend(fontsize=7)
+        handles.append(ax.axvline(data.target, color=COLORS["reference"], ls="--", lw=1,
+                                  label=f"target {data.target:g}"))
+    ax.legend(handles=handles, loc="lower right")
     ax.set_xlabel("silent-failure rate (answered and wrong)")
     ax.tick_params(axis="y", labelsize=7)
     return ax
@@ -174,7 +186,8 @@ def check_policy_name(rows, policy_name):
 @dataclasses.dataclass(frozen=True)
 class ComparisonData:
     """Per model (short name): test accuracy, automation rate and its CI under ``policy_name``; per curve
-    ``(label, coverage, risk)``."""
+    ``(label, coverage, risk)``; ``certified``: per model the policy's guarantee verdict (True / False, None:
+    the policy certifies nothing)."""
 
     policy_name: str
     labels: tuple
@@ -184,6 +197,12 @@ class ComparisonData:
     ci_high: np.ndarray
     curves: tuple
     target_risk: float | None
+    certified: tuple = None
+
+    @property
+    def nothing_certified(self) -> bool:
+        """Every model's policy has a guarantee and none certified its target (its automation rate is 0)."""
+        return bool(self.certified) and all(c is False for c in self.certified)
 
 
 def prepare_comparison(result, policy_name, *, target_risk=None) -> ComparisonData:
@@ -199,34 +218,60 @@ def prepare_comparison(result, policy_name, *, target_risk=None) -> ComparisonDa
         np.array([m["ci"]["automation_rate"][0] for m in ms], dtype=np.float64),
         np.array([m["ci"]["automation_rate"][1] for m in ms], dtype=np.float64),
         tuple((short.get(name, name), rc.coverage, rc.risk) for name, rc in result["curves"].items()),
-        target_risk)
+        target_risk, tuple((m.get("guarantee") or {}).get("certified") for m in ms))
 
 
-def plot_comparison(result, policy_name=None, *, target_risk=None):
+def plot_comparison(result, policy_name=None, *, target_risk=None, title=None):
     """Two panels from :func:`calib.evaluation.compare.compare_models` (or :class:`ComparisonData`):
-    automation rate (with its CI) against accuracy under ``policy_name``, and every model's risk-coverage
-    curve. Returns the figure."""
+    automation rate (with its CI, axis from 0) against accuracy under ``policy_name``, one marker and colour per
+    model named in the legend, "nothing certified" written when no model's policy certified its target; and
+    every model's risk-coverage curve. ``title``: the figure's title (what and which data). Returns the
+    figure."""
     import matplotlib.pyplot as plt
 
     data = result if isinstance(result, ComparisonData) else prepare_comparison(result, policy_name,
                                                                                   target_risk=target_risk)
+    from calib.plotting import style
+
+    style.apply()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, acc, rate, lo, hi in zip(data.labels, data.accuracy.tolist(), data.automation_rate.tolist(),
-                                        data.ci_low.tolist(), data.ci_high.tolist()):
-        left.errorbar(100 * acc, 100 * rate, yerr=[[100 * (rate - lo)], [100 * (hi - rate)]], fmt="o", capsize=3)
-        left.annotate(label, (100 * acc, 100 * rate), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if title is not None:
+        fig.suptitle(title)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*Xh<>p"
+    color_of = {}
+    for i, (label, acc, rate, lo, hi) in enumerate(zip(data.labels, data.accuracy.tolist(),
+                                                       data.automation_rate.tolist(), data.ci_low.tolist(),
+                                                       data.ci_high.tolist())):
+        color_of[label] = colors[i % len(colors)]
+        # one colour and marker per model, named in the legend: labels never overlap, whatever the points do
+        left.errorbar(100 * acc, 100 * rate, yerr=[[100 * max(rate - lo, 0.0)], [100 * max(hi - rate, 0.0)]],
+                      fmt=markers[i % len(markers)], color=color_of[label], capsize=3, label=label,
+                      clip_on=False)  # a point at 0 drawn whole on the axis
+    top = float(np.nanmax(np.r_[data.ci_high, data.automation_rate])) if data.labels else 0.0
+    left.set_ylim(0, min(100.0, max(5.0, 110 * top)))
+    if data.labels:
+        acc = 100 * data.accuracy
+        pad = max(0.5, 0.1 * float(np.ptp(acc)))
+        left.set_xlim(float(acc.min()) - pad, float(acc.max()) + pad)
+    if data.nothing_certified:
+        left.text(0.5, 0.5, "nothing certified at this target\n(no model's threshold passed the test)",
+                  transform=left.transAxes, ha="center", va="center", color=style.COLORS["flagged"])
     left.set_xlabel("test accuracy (%)")
     left.set_ylabel(f"automation rate (%) at {data.policy_name}")
-    left.set_title("share answered automatically at the same target", fontsize=9)
+    left.set_title("share answered automatically at the same target")
+    left.legend(loc="upper left", ncol=2 if len(data.labels) > 6 else 1)
     for label, coverage, risk in data.curves:
-        right.plot(coverage, risk, lw=1, label=label)
+        right.plot(coverage, risk, lw=1, label=label, color=color_of.get(label))
     if data.target_risk is not None:
-        right.axhline(data.target_risk, color="k", ls="--", lw=1, label=f"r = {data.target_risk}")
-    right.set_xlabel("coverage")
+        right.axhline(data.target_risk, color=style.COLORS["reference"], ls="--", lw=1,
+                      label=f"target r = {data.target_risk:g}")
+    right.set_xlabel("coverage (share answered)")
     right.set_ylabel("selective risk")
+    right.set_xlim(0, 1)
     right.set_ylim(0, None)
     right.legend(fontsize=6, ncol=2)
-    right.set_title("risk-coverage (test, calibrated max-prob)", fontsize=9)
+    right.set_title("risk vs coverage (test, calibrated max-prob)")
     fig.tight_layout()
     return fig
 
@@ -292,17 +337,23 @@ def prepare_matched_comparison(result) -> MatchedData:
                        np.array(hi, dtype=np.float64), np.array(ok, dtype=bool))
 
 
-def plot_matched_comparison(result):
+def plot_matched_comparison(result, *, title=None):
     """Two panels from a :func:`calib.evaluation.compare.compare_models` result (or :class:`MatchedData`): each
     model's task completion against its escalation rate (escalating its least confident items first), with
     its operating points and paired-bootstrap intervals at the matched budgets; and every paired completion
-    difference with its interval (grey: not distinguishable from 0). Returns the figure."""
+    difference with its interval (grey: not distinguishable from 0). ``title``: the figure's title (what and
+    which data). Returns the figure."""
     import matplotlib.pyplot as plt
 
+    from calib.plotting import style
+
+    style.apply()
     data = result if isinstance(result, MatchedData) else prepare_matched_comparison(result)
     n_diff = len(data.diff_labels)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, max(4.5, 0.22 * n_diff + 1.5)),
                                       gridspec_kw={"width_ratios": [1, 1.2]})
+    if title is not None:
+        fig.suptitle(title)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, label in enumerate(data.labels):
         color = colors[i % len(colors)]
