@@ -2,7 +2,8 @@
 
     python experiments/compare.py                      # the 4 embedded long-tailed CIFAR-10 models (no download)
     python experiments/compare.py budgets=[0.1] target_risks=[0.02,0.05] reference=c10lt_wrn28 hydra.run.dir=/tmp/cmp
-    python experiments/compare.py data_dir=../shared/data/cifar_chenyaofo pattern='cifar10_*.npz' part=null
+    python experiments/compare.py "builtin=[netcal_cifar100_wrn16_4,netcal_cifar100_densenet_bc100]" part=null
+    python experiments/compare.py data_dir=my_models/ pattern='*.npz' part=null   # your files sharing one test set
 
 Per model: temperature scaling (or ``calibrator``) fitted on the calibration part; then
 :func:`calib.evaluation.compare.compare_models`: every model at the escalation ``budgets`` (each escalates
