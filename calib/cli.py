@@ -825,36 +825,6 @@ def cmd_monitor(args):
     return EXIT_CHECK if result.alarm else EXIT_OK
 
 
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return v
-
-
-def _tolerance(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
-
-
-def _count(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
 # --- the parser ------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit 2) instead of the usage block."""
@@ -863,14 +833,23 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see {self.prog} --help)", EXIT_INPUT, prog=self.prog)
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _typed(convert, ok, expected):
+    """An argparse ``type``: ``convert(text)`` that must satisfy ``ok``, else "expected <expected>, got 'text'"."""
+    def parse(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+    return parse
+
+
+_positive_int = _typed(int, lambda v: v >= 1, "a positive integer")
+_count = _typed(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = _typed(float, lambda v: 0 < v < 1, "a number in (0, 1)")  # NaN and inf fail the comparison
+_tolerance = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def build_parser():

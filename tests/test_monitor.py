@@ -215,6 +215,8 @@ def test_cli_refuses_old_schema_artifacts_with_the_refit_message(tmp_path, capsy
     ("k mismatch", ["--cols", "4"], 2, r"Expected logits with 10 columns .* got 4"),
     ("too small", ["--rows", "5"], 2, r"at least 20 rows .* got 5"),
     ("bad alpha", ["--alpha", "0"], 2, r"--alpha: expected a number in \(0, 1\)"),
+    ("nan alpha", ["--alpha", "nan"], 2, r"--alpha: expected a number in \(0, 1\), got 'nan'"),
+    ("negative bootstrap", ["--n-bootstrap", "-1"], 2, r"--n-bootstrap: expected an integer >= 0, got '-1'"),
     ("bad score", ["--novelty-score", "knn"], 2, r"--novelty-score"),
     ("missing file", ["--missing"], 2, r"got no such file"),
 ])
