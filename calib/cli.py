@@ -11,6 +11,7 @@
     calib monitor ARTIFACT TARGET_LOGITS [--out DIR] [--json] [--alpha A] [--fdr Q] [--novelty-score S]
                   [--label-shift em|bbse] [--n-bootstrap B] [--accuracy-tolerance T] [--seed N]
                   [--groups-key KEY] [--fallback-key KEY] [--overwrite] [--key-file PATH]
+    calib report  RUN_OR_SWEEP_DIR [--out FILE]
     calib --version
 
 Built on :mod:`argparse` (standard library), so a serving install needs nothing beyond numpy; optional
@@ -825,6 +826,19 @@ def cmd_monitor(args):
     return EXIT_CHECK if result.alarm else EXIT_OK
 
 
+def cmd_report(args):
+    from calib.evaluation.report import report_kind, write_report
+
+    folder = Path(args.folder)
+    with _stage(EXIT_INPUT, imports=True):
+        kind = report_kind(folder)
+    out = None if args.out is None else Path(args.out)
+    with _stage(EXIT_INPUT, f"writing the report of {str(folder)!r}: "):
+        path = write_report(folder, out=out)
+    print(f"calib report: wrote {path} ({kind} report, {path.stat().st_size // 1024} KiB, self-contained)")
+    return EXIT_OK
+
+
 # --- the parser ------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit 2) instead of the usage block."""
@@ -856,7 +870,8 @@ def build_parser():
     from calib import __version__
 
     p = _Parser(prog="calib", description="Inspect, verify, apply, export and monitor a saved calib pipeline (an "
-                "artifact folder written by experiments/calibrate.py or FittedPipeline.save).",
+                "artifact folder written by experiments/calibrate.py or FittedPipeline.save); write a run's or a "
+                "sweep's report.html.",
                 epilog="Exit codes: 0 ok, 1 check failed or monitor alarm, 2 usage error or bad input, 3 bad artifact. "
                        "See docs/cli.md.")
     p.add_argument("--version", action="version", version=f"calib {__version__}")
@@ -941,6 +956,18 @@ def build_parser():
                     "'fallback', when present)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     sp.set_defaults(func=cmd_monitor)
+
+    sp = sub.add_parser("report", help="write report.html for a run folder or a sweep folder",
+                        description="Write one self-contained page (figures inline, no script, no network request): "
+                                    "for a run folder (with metrics.json) the decision, task completion, silent "
+                                    "failures, cost and time with intervals, then the specialist's details; for a "
+                                    "sweep (multirun) folder the configurations compared, differences not "
+                                    "distinguishable from zero marked. See docs/report.md.")
+    sp.add_argument("folder", metavar="RUN_OR_SWEEP_DIR", help="a run folder of experiments/calibrate.py or a "
+                    "multirun (sweep) folder")
+    sp.add_argument("--out", metavar="FILE", help="where to write (default: RUN_OR_SWEEP_DIR/report.html; replaced "
+                    "atomically)")
+    sp.set_defaults(func=cmd_report)
     return p
 
 
@@ -966,7 +993,7 @@ def main(argv=None):
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
-        print("calib: error: expected a command: inspect, verify, apply, export or monitor (see calib --help)",
+        print("calib: error: expected a command: inspect, verify, apply, export, monitor or report (see calib --help)",
               file=sys.stderr)
         return EXIT_INPUT
     prog = f"calib {args.command}"

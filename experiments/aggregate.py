@@ -13,6 +13,9 @@ choices and ``.hydra/config.yaml`` for the seed) and writes, into SWEEP_DIR unle
 * ``summary.md``: per configuration (the overrides except ``seed``), mean ± sample std over seeds of each
   section's scalar metrics (list entries and nested values are in results.csv only).
 * ``summary.png``: calibrated ECE and NLL per configuration (error bars: std over seeds), uncalibrated marked.
+* ``report.html``: one self-contained page comparing the configurations metric by metric (decision rates first when
+  the runs routed), each against the best with the interval of the difference, not-distinguishable differences marked
+  (``calib report SWEEP_DIR`` writes the same page; docs/report.md). ``--no-report`` skips it.
 * ``published.md`` (with ``--published``, or automatically for ``experiment=kull2019``): our numbers beside
   the published ones in ``conf/published/kull2019.yaml``, with deltas.
 
@@ -52,6 +55,7 @@ def main(argv=None):
                         help=f"compare with published numbers (default file: {DEFAULT_PUBLISHED.relative_to(REPO)}); "
                              "automatic for experiment=kull2019")
     parser.add_argument("--no-figure", action="store_true", help="skip summary.png")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when any job of the sweep failed or is incomplete")
     parser.add_argument("--pivot", metavar="ROW,COL", default=None,
@@ -66,15 +70,27 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"aggregate.py: {err}", file=sys.stderr)
         return 2
+    out = args.out if args.out is not None else args.sweep_dir
+    page = Path(out) / "report.html"
+    if args.no_report:
+        page.unlink(missing_ok=True)  # no stale page from an earlier aggregation beside the new tables
+    else:
+        from calib.evaluation.report import write_report
+
+        try:
+            write_report(args.sweep_dir, out=page)
+        except (ValueError, OSError) as err:
+            page.unlink(missing_ok=True)
+            print(f"aggregate.py: report.html: {err}", file=sys.stderr)
+            return 2
     print(result["summary"])
     if "pivot" in result:
         print(result["pivot"])
     if "published" in result:
         print(result["published"])
-    out = args.out if args.out is not None else args.sweep_dir
-    log.info("Aggregated %d runs; wrote results.csv, summary.md%s%s to %s", result["n_runs"],
+    log.info("Aggregated %d runs; wrote results.csv, summary.md%s%s%s to %s", result["n_runs"],
              ", summary.png" if result.get("figure") else "", ", published.md" if "published" in result else "",
-             out)
+             "" if args.no_report else ", report.html", out)
     if result["n_failed"]:
         print(f"aggregate.py: {result['n_failed']} of {result['n_runs'] + result['n_failed']} jobs failed or are "
               f"incomplete (listed above and in summary.md); the tables hold the other {result['n_runs']}.",

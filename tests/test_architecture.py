@@ -23,7 +23,7 @@ LAYERS = {
     "calib.artifacts": 3, "calib.deploy": 3, "calib.runtime": 3, "calib.export_onnx": 3,
     "calib.plotting": 4,
     "calib.evaluation": 5,
-    "calib.config": 6, "calib._hydra": 6, "calib.cli": 6, "calib.__main__": 6,
+    "calib.config": 6, "calib._hydra": 6, "calib.experiment": 6, "calib.cli": 6, "calib.__main__": 6,
 }
 ALGORITHMS = ("calib.calibrators", "calib.conformal", "calib.policy", "calib.shift")
 #: the one allowed edge between algorithm packages: shift adaptation builds on the components it adapts

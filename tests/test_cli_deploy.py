@@ -174,7 +174,7 @@ def test_version_help_and_no_command(capsys):
     assert code == 0 and all(c in out for c in ("inspect", "verify", "apply", "export"))
     code, out, err = run(capsys)
     assert code == 2 and out == ""
-    assert err.splitlines() == ["calib: error: expected a command: inspect, verify, apply, export or monitor (see calib --help)"]
+    assert err.splitlines() == ["calib: error: expected a command: inspect, verify, apply, export, monitor or report (see calib --help)"]
 
 
 @pytest.mark.parametrize("argv, cmd, match", [

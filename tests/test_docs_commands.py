@@ -22,7 +22,8 @@ documented                            run as
 data.path=my_logits.npz ...``
 ``python - <<'PY'`` (LogitsWriter)    2 batches instead of 20 (4,000 rows); a heredoc is listed by its first line
                                       and the first file it names
-``calibrate.py -m ... seed=0,1,2``    ``seed=0,1 data.n=2000`` into ``multirun/calibrate/doc`` (4 jobs, not 6)
+``calibrate.py -m ... seed=0,1,2``    ``seed=0,1 data.n=2000`` into ``multirun/calibrate/doc`` (4 jobs, not 6); the
+                                      report sweep likewise into ``multirun/report``
 ``aggregate.py multirun/calibrate/    ``multirun/calibrate/doc`` (the sweep just run)
 <timestamp>``
 ``audit_conformal.py``                ``--quick --n-splits 20 --configs lac aps_rand``
@@ -192,6 +193,17 @@ COMMANDS = {
     "'hydra.launcher.setup=[\"source ~/venvs/calib/bin/activate\"]'": Skip("needs a SLURM cluster"),
     f"{CAL} conformal=lac policy=risk_control hydra.run.dir=runs/ts_lac":
         _cal(f"{CAL} conformal=lac policy=risk_control hydra.run.dir=runs/ts_lac"),
+    f"{CAL} conformal=lac policy=risk_control policy.target_risk=0.02 hydra.run.dir=runs/report":
+        Run(f"{CAL} conformal=lac policy=risk_control policy.target_risk=0.02 hydra.run.dir=runs/report {SHORT}",
+            files=("runs/report/metrics.json", "runs/report/report.html")),
+    "calib report runs/report --out runs/report/page.html": Run(files=("runs/report/page.html",),
+                                                                 stdout=r"run report"),
+    f"{CAL} -m data=synthetic calibrator=temperature,isotonic seed=0,1,2 hydra.sweep.dir=multirun/report":
+        Run(f"{CAL} -m data=synthetic data.n=2000 calibrator=temperature,isotonic seed=0,1 {SHORT} "
+            "hydra.sweep.dir=multirun/report", files=("multirun/report/*/seed=1/report.html",)),
+    "python experiments/aggregate.py multirun/report": Run(files=("multirun/report/report.html",
+                                                                  "multirun/report/summary.md")),
+    "calib report multirun/report": Run(stdout=r"sweep report"),
     "calib inspect runs/ts_lac/artifact": Run(stdout=r"calibrator\s+temperature"),
     "calib apply runs/ts_lac/artifact calib/data/c10lt_resnet110.npz --out decisions.csv":
         Run(files=("decisions.csv",), stdout=r"20216 rows"),

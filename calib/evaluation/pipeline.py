@@ -53,7 +53,7 @@ CALIBRATION_CI_KEYS = ("accuracy", "nll", "brier", "ece", "classwise_ece", "ece_
 PLOT_FILES = ("reliability.png", "conformal_coverage.png", "set_size_histogram.png", "class_coverage.png",
               "risk_coverage.png", "completion_frontier.png", "silent_failure_slices.png")
 #: The other files of a run folder written by the pipeline or experiments/calibrate.py.
-RUN_FILES = ("metrics.json", "timings.json")
+RUN_FILES = ("metrics.json", "timings.json", "report.html")
 
 
 def _test_metrics(probs, labels, n_bins):
@@ -87,6 +87,10 @@ class PipelineResult:
     #: calib.shift.ReferenceStats of the calibration rows (stored in the artifact for ``calib monitor``); None in
     #: an out-of-core run
     reference: object | None = None
+    #: the calibration and test parts (:class:`calib.io.LogitsData`) when the caller keeps them
+    #: (:func:`calib.experiment.fit` does; None out of core)
+    cal: object | None = None
+    test: object | None = None
 
     def fitted_pipeline(self):
         """The fitted chain as the :class:`calib.deploy.FittedPipeline` that :meth:`write` saves (and

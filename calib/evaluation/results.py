@@ -214,7 +214,9 @@ def load_run(run_dir, sweep_dir):
             "config": config, "seed": str(seed), "metrics": metrics}
 
 
-def _fill(run, key):
+def fill_key(run, key):
+    """The value of configuration key ``key`` for one loaded run: its override, else its Hydra group choice, else the
+    value in its resolved config (JSON for a list or dict); '' when the run has none."""
     if key in run["overrides"]:
         return run["overrides"][key]
     if key in run["choices"] and run["choices"][key] is not None:
@@ -242,7 +244,7 @@ def tidy_rows(runs):
     columns = override_columns(runs)
     rows = []
     for run in runs:
-        base = {"run": run["run"], **{k: _fill(run, k) for k in columns}, "seed": run["seed"]}
+        base = {"run": run["run"], **{k: fill_key(run, k) for k in columns}, "seed": run["seed"]}
         for split, values in metric_sections(run["metrics"]).items():
             for metric, value in values.items():
                 rows.append({**base, "split": split, "metric": metric, "value": value})

@@ -145,6 +145,10 @@ def policy_stage(policy, cal_probs, cal_labels, test_probs, test_labels, *, conf
                                                                  groups=test_groups, class_names=class_names))
 
 
+#: slices kept in metrics.json's ``policy.slices.top`` (the report's "where silent failures concentrate")
+TOP_SLICES = 5
+
+
 def routing_sections(policy, metrics, actions, prediction, labels, conf, slices_for):
     """The policy stage's sections and figure data from a routed test part: ``metrics`` of
     :func:`calib.evaluation.product_metrics.product_metrics`, each row's action, prediction, label and the
@@ -175,8 +179,9 @@ def routing_sections(policy, metrics, actions, prediction, labels, conf, slices_
         "test_risk_test": (None if target is None else
                            test_risk_test(int((answered & ~correct).sum()), int(answered.sum()), target)),
         "costs": policy.cost_model.to_dict(),
+        # "top": the most harmful slices (sorted by excess silent failures), flagged or not: where they concentrate
         "slices": {"target": slice_target, "flagged": [r for r in slices if r["flagged"]][:20],
-                   "n_slices": len(slices)},
+                   "n_slices": len(slices), "top": slices[:TOP_SLICES]},
     }
     sel = {
         "score": confidence,  # metrics.json key kept from schema 1: the confidence score

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["SummaryData", "axis_limits", "plot_summary", "OUTLIER_FACTOR"]
+__all__ = ["SummaryData", "axis_limits", "plot_summary", "plot_interval_table", "OUTLIER_FACTOR"]
 
 #: A value larger than this many times the panel's median is an outlier: the axis is clipped below it and the
 #: value written at the edge.
@@ -117,3 +117,36 @@ def plot_summary(data: SummaryData, *, key_width=32):
     fig.legend([handles[lab] for lab in order], order, loc="outside lower center", ncol=len(order))
     axs[0][0].invert_yaxis()
     return fig
+
+
+def plot_interval_table(table, *, ax=None, which="calibrated"):
+    """A calibrator x model table of :func:`calib.evaluation.notebook.prepare_interval_table`: one group per column value (x axis), one marker per row value, each with its 95 % interval as an error
+    bar (``which``: ``"calibrated"`` or ``"difference"``, with a line at 0); returns the ax."""
+    from calib._validation import check_choice
+    from calib.plotting import axes
+
+    if not all(hasattr(table, a) for a in ("point", "low", "high", "diff", "diff_low", "diff_high", "rows", "cols")):
+        raise TypeError(f"Expected table as an IntervalTable (calib.evaluation.notebook.prepare_interval_table), got "
+                        f"{type(table).__name__}.")
+    check_choice(which, "which", ("calibrated", "difference"))
+    point, low, high = ((table.point, table.low, table.high) if which == "calibrated"
+                        else (table.diff, table.diff_low, table.diff_high))
+    n_rows, n_cols = point.shape
+    ax = axes(ax, size=(max(5.0, 1.6 * n_cols + 1.5), 4))
+    width = 0.7 / max(n_rows, 1)
+    x = np.arange(n_cols, dtype=np.float64)
+    for i, rv in enumerate(table.rows):
+        xi = x - 0.35 + width * (i + 0.5)
+        err = np.vstack([point[i] - low[i], high[i] - point[i]])
+        ax.errorbar(xi, point[i], yerr=err, fmt="o", ms=4, capsize=3, label=rv, color=f"C{i % 10}")
+    if which == "difference":
+        ax.axhline(0.0, color="k", lw=0.8, ls="--")
+    elif np.nanmin(low) >= 0:
+        ax.set_ylim(bottom=0.0)
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(c).removeprefix("builtin_") for c in table.cols], rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel(table.col_key)
+    ylabel = table.metric if which == "calibrated" else f"{table.metric}: calibrated - uncalibrated"
+    ax.set_ylabel(f"{ylabel} (test, 95% interval)")
+    ax.legend(title=table.row_key, fontsize=7, title_fontsize=7)
+    return ax
