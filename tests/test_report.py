@@ -222,3 +222,20 @@ def test_formatters():
         ("14.2%", "0.08%", "n/a", "n/a")
     assert (fmt_num(51.459, 1), fmt_num(-0.0012345, 4), fmt_num(2.5e7), fmt_num(None)) == \
         ("51.5", "-0.0012", "2.5e+07", "n/a")
+
+
+def test_a_run_folder_of_an_older_calib_still_renders(full_run, tmp_path):
+    """metrics.json without the slice table, the calibration intervals or warnings (older calib, or
+    eval.calibration_bootstrap=0): the page says what is missing instead of failing or inventing it."""
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    metrics["policy"]["slices"].pop("top")
+    for key in ("calibration_ci", "warnings"):
+        metrics.pop(key)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    html = render_run_report(tmp_path)
+    assert "written by an older calib" in html
+    assert "No intervals (eval.calibration_bootstrap=0)" in html
+    page = parse(html)
+    assert not [c for c in page.cis if c["data-ci-of"].startswith(("calibrated.", "uncalibrated."))]
+    for n in page.numbers:
+        assert json.loads(n["data-value"]) == lookup(metrics, n["data-metric"])

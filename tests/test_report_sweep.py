@@ -135,3 +135,18 @@ def test_sweep_report_in_chromium(sweep, tmp_path):
 
     img = mpimg.imread(page.screenshot)
     assert img[..., :3].mean(axis=2).std() > 0.05
+
+
+def test_a_metric_equal_everywhere_is_one_sentence():
+    from calib.evaluation.report import _sweep_block
+
+    def row(config, mean, iv):
+        return {"config": config, "mean": mean, "interval": iv, "difference": 0.0, "difference_interval": [0.0, 0.0],
+                "distinguishable": False, "method": "paired t over 3 shared seeds", "n_seeds": 3}
+
+    block = {"metric": "policy.fallback_rate", "direction": "lower", "best": "a",
+             "rows": [row("a", 0.0, [0.0, 0.0]), row("b", 0.0, [0.0, 0.0])]}
+    out = _sweep_block(block)
+    assert out["constant"] and out["sentence"] == "0.00% in every configuration and every run."
+    block["rows"][1] = row("b", 0.0, [-0.01, 0.01])  # equal means, but the runs vary: keep the table
+    assert not _sweep_block(block)["constant"]

@@ -345,8 +345,13 @@ def _sweep_block(block):
         sentence += (f" {tied} of the other {len(others)} configurations are not distinguishable from it"
                      + (f", {unknown} have no interval" if unknown else "") + ".")
     methods = sorted({r.get("method") for r in others if r.get("method")})
+    means = {r.get("mean") for r in rows}
+    spans = [_interval(r.get("interval")) for r in rows]
+    constant = len(means) == 1 and all(iv is None or iv[0] == iv[1] for iv in spans)
+    if constant:  # e.g. no fallback configured: one line, not a table of equal numbers
+        sentence = f"{rows[0]['mean_text']} in every configuration and every run."
     return {"metric": metric, "label": METRIC_LABELS.get(metric, metric), "lower": block["direction"] == "lower",
-            "best": block["best"], "rows": rows, "sentence": sentence,
+            "best": block["best"], "rows": rows, "sentence": sentence, "constant": constant,
             "methods": "Intervals of the differences: " + "; ".join(methods) + "." if methods else ""}
 
 
