@@ -77,3 +77,34 @@ def open_page(html, workdir, *, width=1200, height=2400, timeout=90):
     if second.returncode != 0 or "<html" not in second.stdout:
         raise RuntimeError(f"chromium --dump-dom failed (exit {second.returncode}): {second.stderr[-2000:]}")
     return Page(screenshot=shot, requests=_page_requests(netlog), console=console, dom=second.stdout)
+
+
+def main(argv=None):
+    """``python tests/_browser.py RUN_DIR [SHOT_DIR]``: the CI check of one run's report.html, printed."""
+    import sys
+    import tempfile
+
+    from test_report import lookup, parse, shown_matches
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python tests/_browser.py RUN_DIR [SCREENSHOT_DIR]", file=sys.stderr)
+        return 2
+    run_dir = Path(args[0])
+    shots = Path(args[1]) if len(args) > 1 else Path(tempfile.mkdtemp(prefix="calib_report_check_"))
+    page = open_page(run_dir / "report.html", shots)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    numbers = parse(page.dom).numbers
+    equal = [n for n in numbers if json.loads(n["data-value"]) == lookup(metrics, n["data-metric"])
+             and shown_matches(n["text"], lookup(metrics, n["data-metric"]))]
+    print(f"screenshot: {page.screenshot}")
+    print(f"requests by the page: {len(page.requests)} {page.requests}")
+    print(f"console messages: {len(page.console)} {page.console}")
+    print(f"key numbers rendered: {len(numbers)}; equal to metrics.json (value and as shown): {len(equal)}")
+    for n in numbers[:8]:
+        print(f"  {n['data-metric']}: shown {n['text'].strip()!r}, metrics.json {lookup(metrics, n['data-metric'])!r}")
+    return 0 if not page.requests and not page.console and len(equal) == len(numbers) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
