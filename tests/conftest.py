@@ -45,11 +45,11 @@ def rng():
 @pytest.fixture(scope="session")
 def report_run(tmp_path_factory):
     """A complete run folder on the embedded real data (the quick start's, where the policy certifies and answers
-    some items): LAC sets, risk control at 0.02, the shift monitor on its test part; its report.html is what
+    some items): LAC sets, risk control at 0.02, 20 refitting resamples, the shift monitor on its test part; its report.html is what
     tests/test_report.py and tests/test_report_browser.py read."""
     from calib.experiment import compose, run
 
     out = tmp_path_factory.mktemp("report") / "run"
-    run(compose(["eval.n_bootstrap=500", "eval.calibration_bootstrap=100", "conformal=lac", "policy=risk_control",
-                 "policy.target_risk=0.02", "monitor.target=test"]), out)
+    run(compose(["eval.n_bootstrap=500", "eval.calibration_bootstrap=100", "eval.procedure_resamples=20",
+                 "conformal=lac", "policy=risk_control", "policy.target_risk=0.02", "monitor.target=test"]), out)
     return out

@@ -20,11 +20,12 @@ SMALL = ["data=synthetic", "data.n=4000", "eval.n_bootstrap=200", "eval.calibrat
 
 
 class Numbers(HTMLParser):
-    """Every element with data-metric (its attributes and text), data-ci, <img> sources and <a> targets."""
+    """Every element with data-metric (its attributes and text), data-ci, data-proc-ci, <img> sources and <a>
+    targets."""
 
     def __init__(self):
         super().__init__()
-        self.numbers, self.cis, self.imgs, self.links, self._open = [], [], [], [], None
+        self.numbers, self.cis, self.procs, self.imgs, self.links, self._open = [], [], [], [], [], None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -32,6 +33,8 @@ class Numbers(HTMLParser):
             self._open = {**a, "text": ""}
         if "data-ci-of" in a:
             self.cis.append(a)
+        if "data-proc-ci-of" in a:
+            self.procs.append(a)
         if tag == "img":
             self.imgs.append(a.get("src", ""))
         if tag in ("a", "link", "script", "iframe", "object", "embed"):
@@ -239,3 +242,22 @@ def test_a_run_folder_of_an_older_calib_still_renders(full_run, tmp_path):
     assert not [c for c in page.cis if c["data-ci-of"].startswith(("calibrated.", "uncalibrated."))]
     for n in page.numbers:
         assert json.loads(n["data-value"]) == lookup(metrics, n["data-metric"])
+
+
+def test_the_refitting_interval_is_shown_when_the_run_has_one(full_run, bare_run):
+    """eval.procedure_resamples > 0: each decision card also shows the interval that refits everything (wider: a new
+    calibration set moves the threshold), equal to metrics.json's procedure_ci; without it, the page says how to get
+    one."""
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    html = (full_run / "report.html").read_text(encoding="utf-8")
+    procs = parse(html).procs
+    assert {p["data-proc-ci-of"] for p in procs} >= {"automation_rate", "escalation_rate", "task_completion_rate",
+                                                      "expected_cost"}
+    for p in procs:
+        assert json.loads(p["data-proc-ci"]) == metrics["procedure_ci"]["ci"][p["data-proc-ci-of"]]
+    lo, hi = metrics["procedure_ci"]["ci"]["automation_rate"]
+    clo, chi = metrics["policy"]["ci"]["automation_rate"]
+    assert hi - lo > chi - clo  # the refitted interval is the wider one here (20 resamples)
+    assert "this is the interval to plan with" in html
+    bare = json.loads((bare_run / "metrics.json").read_text())
+    assert "procedure_ci" not in bare

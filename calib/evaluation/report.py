@@ -190,13 +190,16 @@ def report_kind(path):
 
 
 # --- the run report ----------------------------------------------------------------------------------------------
-def _metric(metrics, path, fmt="pct", digits=1, ci_path=None):
-    """One key number: its value, text, interval text and the attributes the browser check reads."""
+def _metric(metrics, path, fmt="pct", digits=1, ci_path=None, proc_key=None):
+    """One key number: its value, text, interval text and the attributes the browser check reads. ``proc_key``: its
+    name in ``procedure_ci.ci`` (the interval that refits everything, when the run has one)."""
     value = _get(metrics, path)
     ci = _interval(_get(metrics, ci_path)) if ci_path else None
+    proc = _interval(_get(metrics, f"procedure_ci.ci.{proc_key}")) if proc_key else None
     f = (lambda v: fmt_pct(v, digits)) if fmt == "pct" else (lambda v: fmt_num(v, digits))
     return {"path": path, "value": value, "json": json.dumps(value), "text": f(value),
-            "ci": ci, "ci_text": None if ci is None else f"{f(ci[0])} – {f(ci[1])}"}
+            "ci": ci, "ci_text": None if ci is None else f"{f(ci[0])} – {f(ci[1])}",
+            "proc_key": proc_key, "proc": proc, "proc_text": None if proc is None else f"{f(proc[0])} – {f(proc[1])}"}
 
 
 def _decision(metrics):
@@ -204,16 +207,17 @@ def _decision(metrics):
     if not isinstance(pol, dict):
         return None
     costs = pol.get("costs") or {}
-    keys = {k: _metric(metrics, f"policy.{k}", ci_path=f"policy.ci.{k}")
+    keys = {k: _metric(metrics, f"policy.{k}", ci_path=f"policy.ci.{k}", proc_key=k)
             for k in ("automation_rate", "escalation_rate", "fallback_rate", "task_completion_rate",
                       "silent_failure_rate", "selective_risk", "recovery_rate")}
     keys["silent_failure_rate"] = _metric(metrics, "policy.silent_failure_rate", digits=2,
-                                          ci_path="policy.ci.silent_failure_rate")
-    keys["selective_risk"] = _metric(metrics, "policy.selective_risk", digits=2, ci_path="policy.ci.selective_risk")
+                                          ci_path="policy.ci.silent_failure_rate", proc_key="silent_failure_rate")
+    keys["selective_risk"] = _metric(metrics, "policy.selective_risk", digits=2, ci_path="policy.ci.selective_risk",
+                                     proc_key="selective_risk")
     keys["expected_cost"] = _metric(metrics, "policy.expected_cost", fmt="num", digits=3,
-                                    ci_path="policy.ci.expected_cost")
+                                    ci_path="policy.ci.expected_cost", proc_key="expected_cost")
     keys["expected_time"] = _metric(metrics, "policy.expected_time", fmt="num", digits=1,
-                                    ci_path="policy.ci.expected_time")
+                                    ci_path="policy.ci.expected_time", proc_key="expected_time")
     keys["model_accuracy"] = _metric(metrics, "policy.model_accuracy")
     n = pol.get("n")
     sf = pol.get("silent_failure_rate")
@@ -229,7 +233,8 @@ def _decision(metrics):
     return {"kind": pol.get("kind"), "n": n, "keys": keys, "costs": costs, "slices": rows,
             "slices_target": slices.get("target"), "n_slices": slices.get("n_slices"),
             "n_flagged": len(slices.get("flagged") or []), "total_silent": total_silent,
-            "guarantee": guarantee, "risk_test": risk_test, "ci_method": pol.get("ci_method")}
+            "guarantee": guarantee, "risk_test": risk_test, "ci_method": pol.get("ci_method"),
+            "procedure": metrics.get("procedure_ci") if isinstance(metrics.get("procedure_ci"), dict) else None}
 
 
 def _calibration(metrics):
