@@ -406,7 +406,11 @@ def _publish(tmp, path, overwrite):
     except (FileNotFoundError, OSError) as err:
         if isinstance(err, FileNotFoundError) or err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             if not path.exists() and (old / path.name).is_dir():
-                os.replace(old / path.name, path)  # put ours back: the path is never left empty by this save
+                try:
+                    os.replace(old / path.name, path)  # put ours back: the path is never left empty by this save
+                except OSError as back:  # a third save published meanwhile: the path holds its whole artifact
+                    if not (isinstance(back, FileExistsError) or back.errno in (errno.ENOTEMPTY, errno.EEXIST)):
+                        raise
             shutil.rmtree(old, ignore_errors=True)
             raise FileExistsError(
                 f"Another save replaced {str(path)!r} at the same moment (this system has no atomic exchange "

@@ -410,3 +410,33 @@ def test_an_artifact_that_vanishes_mid_read_is_artifact_not_found(tmp_path, iden
     monkeypatch.setattr(Path, "read_bytes", vanished)
     with pytest.raises(artifacts.ArtifactNotFoundError, match=r"disappeared while being read"):
         artifacts._read_manifest(path, artifacts.MAX_LOAD_BYTES)
+
+
+def test_overwrite_without_exchange_when_a_third_save_publishes_between_the_two_renames(tmp_path, ident, monkeypatch):
+    """The race CI once hit (OSError 39 escaping): this save moved the old artifact aside, its own rename failed
+    (another save got there), and as it put the old artifact back a third save published at the path (ENOTEMPTY).
+    It is refused as a concurrent overwrite, the third save's artifact stays whole, nothing is left beside it."""
+    import errno
+    import shutil
+
+    monkeypatch.setattr(artifacts, "_renameat2", lambda *a: False)
+    path = save_artifact(ident, tmp_path / "art", metrics={"who": -1})
+    theirs = save_artifact(ident, tmp_path.parent / f"{tmp_path.name}_theirs", metrics={"who": 7})
+    real, calls = os.replace, []
+
+    def racing_replace(src, dst):
+        calls.append((Path(src), Path(dst)))
+        if len(calls) == 2:  # this save's tmp -> path: a second save had published (and a third moved it aside)
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(dst))
+        if len(calls) == 3:  # this save puts the old artifact back: the third save publishes just before
+            shutil.copytree(theirs, path)
+        return real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", racing_replace)
+    with pytest.raises(FileExistsError, match="Another save replaced"):
+        save_artifact(ident, path, overwrite=True, metrics={"who": 0})
+    monkeypatch.setattr(artifacts.os, "replace", real)
+    assert len(calls) == 3  # aside, publish (raced), put back (found the third save's artifact)
+    assert read_manifest(path)["metrics"]["who"] == 7
+    assert type(load_pipeline(path)["calibrator"]) is IdentityCalibrator
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
